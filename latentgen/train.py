@@ -1,0 +1,72 @@
+"""Training entrypoint: ``python -m latentgen.train +experiment=NAME [overrides]``.
+
+Instantiates datamodule, model, callbacks, loggers and trainer from the config, fits, tests and
+returns the optimised metric (for sweeps).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from latentgen.stages.builder import build_stage
+from latentgen.utils import resolvers
+from latentgen.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from latentgen.utils.pylogger import RankedLogger
+from latentgen.utils.run import (
+    extras,
+    get_metric_value,
+    log_hyperparameters,
+    resolve_ckpt_path,
+    task_wrapper,
+)
+from latentgen.utils.summary import print_run_summary
+
+log = RankedLogger(__name__)
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit (and test) the stage described by ``cfg``; returns (metrics, instantiated objects)."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule, model = build_stage(cfg)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
+               "callbacks": callbacks, "loggers": loggers}
+    log_hyperparameters(objects)
+
+    if cfg.get("train"):
+        log.info("Starting training")
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    metrics = dict(trainer.callback_metrics)
+
+    if cfg.get("test"):
+        ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not ckpt or trainer.fast_dev_run:
+            ckpt = None
+            log.info("Testing the current weights (no best checkpoint)")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+        metrics.update(trainer.callback_metrics)
+
+    print_run_summary(cfg, trainer, metrics)
+    return metrics, objects
+
+
+@hydra.main(version_base="1.3", config_path=str(resolvers.CONF_DIR), config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    extras(cfg)
+    metrics, _ = train(cfg)
+    return get_metric_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Shared fixtures: real Hydra configs composed with ``compose()``, a temp output dir, MNIST location."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from latentgen.utils.resolvers import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "datasets"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("LATENTGEN_DATA_DIR", SHARED_DATA))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    d = data_dir()
+    if not (d / "mnist").is_dir():
+        pytest.skip(f"real MNIST not found under {d}: set LATENTGEN_DATA_DIR")
+    return d
+
+
+def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
+    """Compose ``conf/train.yaml`` like the CLI does, with outputs under ``tmp_path``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.log_dir = str(tmp_path / "logs")
+            cfg.paths.data_dir = str(data_dir())
+            cfg.extras.print_config = False
+            cfg.data.num_workers = 0
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    def _compose(*overrides: str) -> DictConfig:
+        return compose_train(list(overrides), tmp_path)
+
+    yield _compose
+    GlobalHydra.instance().clear()
