@@ -69,12 +69,20 @@ def log_hyperparameters(objects: dict[str, Any]) -> None:
     model = objects["model"]
     if not trainer.loggers:
         return
-    hparams = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
+    hparams = scrub_secrets(resolved_container(cfg))
     hparams["output_dir"] = str(cfg.paths.output_dir)
     hparams["model/params/total"] = sum(p.numel() for p in model.parameters())
     hparams["model/params/trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+
+
+def resolved_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers, without Hydra's own node."""
+    return {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in cfg if key != "hydra"
+    }
 
 
 def get_metric_value(metric_dict: dict[str, Any], metric_name: str | None) -> float | None:

@@ -1,0 +1,188 @@
+"""Latent DDPM (Ho et al. 2020 in the latent space of Rombach et al. 2022) over stage-1 latents.
+
+Diffuses the continuous pre- or post-quantisation latents of the frozen VQ-VAE, scaled to unit
+variance by ``scale_factor`` (computed from the latent cache, stored in the checkpoint). Samples are
+decoded through stage 1's quantiser and decoder. EMA weights are used for sampling and saved.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from latentgen.diffusion.guidance import drop_labels, guided_model_fn
+from latentgen.diffusion.losses import diffusion_loss, min_snr_weight
+from latentgen.diffusion.pipeline import sample_latents
+from latentgen.diffusion.schedulers import DDIMScheduler, DDPMScheduler, NoiseScheduler
+from latentgen.models.prior_base import PriorModule
+from latentgen.nets.unet import UNet
+from latentgen.stages.latent_cache import load_split
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+class LatentDiffusion(PriorModule):
+    def __init__(
+        self,
+        latent_channels: int | None = None,
+        grid_shape: list[int] | tuple[int, int] | None = None,
+        num_classes: int | None = 10,
+        latent: str = "pre",
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 2,
+        attention_heads: int = 4,
+        dropout: float = 0.0,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "cosine",
+        prediction_type: str = "epsilon",
+        min_snr_gamma: float | None = None,
+        cond_drop_prob: float = 0.1,
+        ema_decay: float = 0.999,
+        sampler: str = "ddim",
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        guidance_scale: float = 1.0,
+        clip_latents: float | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas=(0.9, 0.999),
+        warmup_steps: int = 200,
+        lr_schedule: str = "cosine",
+        sample_every_n_epochs: int = 1,
+        num_sample_images: int = 64,
+        stage1_hparams=None,
+        stage1_info=None,
+    ) -> None:
+        super().__init__(stage1_hparams=stage1_hparams, stage1_info=stage1_info, num_classes=num_classes,
+                         sample_every_n_epochs=sample_every_n_epochs, num_sample_images=num_sample_images)
+        self.save_hyperparameters()
+        self.set_optim(lr, weight_decay, betas, warmup_steps, lr_schedule)
+        if latent not in ("pre", "post"):
+            raise ValueError(f"latent={latent!r}: diffuse the 'pre' (encoder output) or 'post' (codebook) latents")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
+        if latent_channels is None or grid_shape is None:
+            raise ValueError("latent_channels/grid_shape are unset: build the model through the stage builder "
+                             "(it fills them from stage 1) or set model.latent_channels and model.grid_shape")
+        self.latent, self.latent_channels = latent, int(latent_channels)
+        self.grid_shape = tuple(int(g) for g in grid_shape)
+        self.cond_drop_prob, self.min_snr_gamma, self.ema_decay = cond_drop_prob, min_snr_gamma, ema_decay
+        self.clip_latents = clip_latents
+        self.sampling = {"sampler": sampler, "num_inference_steps": num_inference_steps, "eta": eta,
+                         "guidance_scale": guidance_scale}
+        self.net = UNet(self.latent_channels, base_channels=base_channels, channel_mults=tuple(channel_mults),
+                        num_res_blocks=num_res_blocks, attention_heads=attention_heads,
+                        num_classes=num_classes, dropout=dropout)
+        self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
+        self.noise_scheduler = self.make_scheduler("ddpm")
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def make_scheduler(self, sampler: str = "ddpm", eta: float = 0.0) -> NoiseScheduler:
+        kw = dict(num_train_timesteps=self.hparams.num_train_timesteps, beta_schedule=self.hparams.beta_schedule,
+                  prediction_type=self.hparams.prediction_type, clip_sample=False)
+        if sampler == "ddpm":
+            return DDPMScheduler(**kw)
+        if sampler == "ddim":
+            return DDIMScheduler(**kw, eta=eta)
+        raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
+
+    def attach_stage1(self, stage1, cache_dir: str | None = None) -> None:
+        super().attach_stage1(stage1, cache_dir)
+        if cache_dir is not None:
+            self.scale_factor.fill_(self.compute_scale_factor(cache_dir))
+
+    @torch.no_grad()
+    def compute_scale_factor(self, cache_dir: str, max_items: int = 10000) -> float:
+        """1 / std of the (pre- or post-quantisation) training latents in the cache."""
+        z = torch.from_numpy(np.asarray(load_split(cache_dir, "train")["latents"][:max_items], dtype=np.float32))
+        z = self.to_latent(z)
+        std = float(z.std())
+        if not np.isfinite(std) or std <= 0:
+            raise ValueError(f"latents in {cache_dir} have std {std}: the stage-1 encoder output is degenerate")
+        return 1.0 / std
+
+    def to_latent(self, z_pre: torch.Tensor) -> torch.Tensor:
+        """Cached pre-quantisation latents -> the latents this model diffuses (unscaled)."""
+        if self.latent == "pre":
+            return z_pre
+        return self._require_stage1().quantize(z_pre.to(self.device if self._trainer else z_pre.device))[0]
+
+    # -- training ---------------------------------------------------------------------------------
+    def _step(self, batch, split: str) -> torch.Tensor:
+        z, labels = batch
+        x0 = self.to_latent(z) * self.scale_factor
+        t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)
+        y = None
+        if self.num_classes is not None:
+            y = drop_labels(labels, self.net.null_label, self.cond_drop_prob) if split == "train" else labels
+        out = self.net(x_t, t, y)
+        target = self.noise_scheduler.training_target(x0, noise, t)
+        weights = None
+        if self.min_snr_gamma:
+            abar = self.noise_scheduler.alphas_cumprod.to(x0.device)[t]
+            weights = min_snr_weight(abar / (1 - abar), self.min_snr_gamma, self.noise_scheduler.prediction_type)
+        loss = diffusion_loss(out.float(), target.float(), weights)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.trainer.global_step
+        decay = min(self.ema_decay, (1 + step) / (10 + step))  # warm-up: early weights fade fast
+        for ema_p, p in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1 - decay)
+        for ema_b, b in zip(self.ema_net.buffers(), self.net.buffers(), strict=True):
+            ema_b.copy_(b)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.ema_net.eval()
+        return self
+
+    def on_validation_epoch_end(self) -> None:
+        if self._should_sample():
+            self.log_samples()
+
+    # -- sampling ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_latents(self, n, labels=None, generator=None, sampler: str | None = None,
+                       num_inference_steps: int | None = None, eta: float | None = None,
+                       guidance_scale: float | None = None, use_ema: bool = True, progress: bool = False):
+        """Draw ``n`` unscaled latents [n, C, h, w] with the configured (or given) sampler."""
+        opts = {**self.sampling, **{k: v for k, v in dict(sampler=sampler, num_inference_steps=num_inference_steps,
+                                                          eta=eta, guidance_scale=guidance_scale).items()
+                                    if v is not None}}
+        net = self.ema_net if use_ema else self.net
+        scheduler = self.make_scheduler(opts["sampler"], opts["eta"])
+        if labels is not None:
+            model_fn = guided_model_fn(net, labels, self.net.null_label, opts["guidance_scale"])
+        else:
+            model_fn = net
+        shape = (n, self.latent_channels, *self.grid_shape)
+        x = sample_latents(model_fn, scheduler, shape, opts["num_inference_steps"], labels=labels,
+                           generator=generator, device=self.device, progress=progress)
+        z = x / self.scale_factor
+        if self.clip_latents is not None:
+            z = z.clamp(-self.clip_latents, self.clip_latents)
+        return z
+
+    def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """Latents -> images through stage 1's quantiser and decoder."""
+        stage1 = self._require_stage1()
+        return stage1.decode(stage1.quantize(samples)[0])

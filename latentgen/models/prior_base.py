@@ -1,0 +1,122 @@
+"""Shared base of every stage-2 prior: the frozen stage 1 travels inside the prior's checkpoint.
+
+The prior keeps the stage-1 VQ-VAE as a frozen submodule rebuilt from ``stage1_hparams``, so
+``Prior.load_from_checkpoint(path)`` alone can decode samples into images; ``stage1_info`` records the
+stage-1 checkpoint's path and SHA-256 for provenance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from latentgen.models.base import LatentGenModule
+from latentgen.models.vqvae import VQVAE
+
+
+class PriorModule(LatentGenModule):
+    """Subclasses implement ``sample_latents`` (tokens [B, h, w] or latents [B, C, h, w])."""
+
+    def __init__(
+        self,
+        stage1_hparams: dict[str, Any] | None = None,
+        stage1_info: dict[str, Any] | None = None,
+        num_classes: int | None = None,
+        sample_every_n_epochs: int = 1,
+        num_sample_images: int = 64,
+    ) -> None:
+        super().__init__()
+        self.stage1: VQVAE | None = None
+        if stage1_hparams is not None:
+            self.stage1 = VQVAE(**stage1_hparams).eval().requires_grad_(False)
+        self.num_classes = num_classes
+        self.sample_every_n_epochs = sample_every_n_epochs
+        self.num_sample_images = num_sample_images
+        self._val_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- stage 1 ----------------------------------------------------------------------------------
+    def attach_stage1(self, stage1: VQVAE, cache_dir: str | None = None) -> None:
+        """Copy the resolved stage-1 weights in (strictly) and freeze them."""
+        if self.stage1 is None:
+            raise RuntimeError("this prior was built without stage1_hparams; build it through the stage builder")
+        self.stage1.load_state_dict(stage1.state_dict(), strict=True)
+        self.stage1.eval().requires_grad_(False)
+        self.cache_dir = cache_dir
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.stage1 is not None:
+            self.stage1.eval()  # frozen stage 1 always in eval mode
+        return self
+
+    def trainable_parameters(self):
+        skip = {id(p) for p in self.stage1.parameters()} if self.stage1 is not None else set()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
+
+    def _require_stage1(self) -> VQVAE:
+        if self.stage1 is None:
+            raise RuntimeError("no stage 1 attached: load the prior from a latentgen checkpoint")
+        return self.stage1
+
+    def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """Token grids -> images through stage 1 (continuous priors override this)."""
+        return self._require_stage1().decode_code(samples)
+
+    # -- sampling ---------------------------------------------------------------------------------
+    def labels_for(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor | None:
+        """Labels for ``n`` samples: given ones, or each class in turn for a conditional prior."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("this prior is unconditional: drop the class labels or train with model.num_classes")
+            return None
+        if labels is None:
+            labels = torch.arange(n) % self.num_classes
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(n).clone()
+        if labels.numel() != n or int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise ValueError(f"labels must be {n} class ids in [0, {self.num_classes}), got {labels.tolist()}")
+        return labels.to(self.device)
+
+    def sample_latents(self, n: int, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample_images(self, n: int, labels=None, generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:
+        """``n`` decoded samples [n, C, H, W] in [0, 1] (kwargs go to the sampler)."""
+        was_training = self.training
+        self.eval()
+        try:
+            samples = self.sample_latents(n, self.labels_for(n, labels), generator=generator, **kwargs)
+            return self.decode_samples(samples)
+        finally:
+            self.train(was_training)
+
+    # -- logging ----------------------------------------------------------------------------------
+    def remember_val_batch(self, batch) -> None:
+        if self._val_batch is None:
+            x, y = batch
+            self._val_batch = (x[:16].detach(), y[:16].detach())
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_batch = None
+
+    def _should_sample(self) -> bool:
+        if self.trainer.sanity_checking or self.sample_every_n_epochs <= 0:
+            return False
+        last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
+        return last or (self.current_epoch + 1) % self.sample_every_n_epochs == 0
+
+    def on_validation_epoch_end(self) -> None:
+        if self._should_sample():
+            self.log_samples()
+
+    def log_samples(self, **kwargs) -> None:
+        n = self.num_sample_images
+        nrow = self.num_classes if self.num_classes and n % self.num_classes == 0 else None
+        # labels 0..K-1 repeated: each column of the grid is one class
+        images = self.sample_images(n, generator=torch.Generator(device=self.device).manual_seed(0), **kwargs)
+        caption = "columns: classes 0..9" if nrow else "samples"
+        self.log_image_grid("samples", images, nrow=nrow, caption=caption)
