@@ -44,6 +44,12 @@ def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def shared_log_dir(tmp_path_factory) -> Path:
+    """One artefact store for tests that may share stage-1 models and latent caches."""
+    return tmp_path_factory.mktemp("shared_logs")
+
+
 @pytest.fixture
 def compose_cfg(tmp_path):
     def _compose(*overrides: str) -> DictConfig:

@@ -28,8 +28,9 @@ def test_experiment_composes(experiment, compose_cfg):
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_fast_dev_run(experiment, compose_cfg, mnist_dir):
+def test_experiment_fast_dev_run(experiment, compose_cfg, mnist_dir, shared_log_dir):
     cfg = compose_cfg(f"+experiment={experiment}", "debug=fdr")
+    cfg.paths.log_dir = str(shared_log_dir)  # priors share one fdr stage 1 per dataset
     metrics, objects = train(cfg)
     assert objects["trainer"].fast_dev_run
     assert any(k.startswith("test/") for k in metrics), metrics
