@@ -57,3 +57,26 @@ def compose_cfg(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shared_log_dir):
+    """Train a tiny run of an experiment once per session (``debug=limit``, CSV logger); returns its run dir."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def _get(experiment: str, *overrides: str) -> Path:
+        key = (experiment, *overrides)
+        if key not in runs:
+            from latentgen.train import train
+
+            tmp = tmp_path_factory.mktemp(experiment)
+            cfg = compose_train([f"+experiment={experiment}", "debug=limit", "logger=csv", "test=false",
+                                 *overrides], tmp)
+            with open_dict(cfg):
+                cfg.paths.log_dir = str(shared_log_dir)
+            train(cfg)
+            GlobalHydra.instance().clear()
+            runs[key] = Path(cfg.paths.output_dir)
+        return runs[key]
+
+    return _get

@@ -60,9 +60,12 @@ class ARTokenPrior(PriorModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._should_sample():
-            self.log_samples(**self.sampling)
-            if self._val_batch is not None:
-                self.log_completions(*self._val_batch)
+            self.on_final_samples()
+
+    def on_final_samples(self) -> None:
+        self.log_samples(**self.sampling)
+        if self._val_batch is not None:
+            self.log_completions(*self._val_batch)
 
     def sample_latents(self, n, labels=None, generator=None, prefix=None, **kwargs):
         raise NotImplementedError

@@ -39,6 +39,10 @@ class LatentGenModule(pl.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.lr_schedule = warmup_steps, lr_schedule
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # lets ``latentgen.stages.checkpoints.load_model`` rebuild any stage from its checkpoint alone
+        checkpoint["latentgen_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 

@@ -155,10 +155,6 @@ class LatentDiffusion(PriorModule):
         self.ema_net.eval()
         return self
 
-    def on_validation_epoch_end(self) -> None:
-        if self._should_sample():
-            self.log_samples()
-
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_latents(self, n, labels=None, generator=None, sampler: str | None = None,

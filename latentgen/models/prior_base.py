@@ -104,16 +104,25 @@ class PriorModule(LatentGenModule):
         self._val_batch = None
 
     def _should_sample(self) -> bool:
-        if self.trainer.sanity_checking or self.sample_every_n_epochs <= 0:
+        """Every ``sample_every_n_epochs`` validation epochs (the end of training always samples)."""
+        if self.trainer.sanity_checking or self.sample_every_n_epochs <= 0 or self.trainer.fast_dev_run:
             return False
-        last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
-        return last or (self.current_epoch + 1) % self.sample_every_n_epochs == 0
+        return (self.current_epoch + 1) % self.sample_every_n_epochs == 0
 
     def on_validation_epoch_end(self) -> None:
         if self._should_sample():
             self.log_samples()
 
+    def on_train_end(self) -> None:
+        """Final sample grid, unless the last validation already logged one at this step."""
+        if getattr(self, "_last_sample_step", None) != self.trainer.global_step:
+            self.on_final_samples()
+
+    def on_final_samples(self) -> None:
+        self.log_samples()
+
     def log_samples(self, **kwargs) -> None:
+        self._last_sample_step = self.trainer.global_step
         n = self.num_sample_images
         nrow = self.num_classes if self.num_classes and n % self.num_classes == 0 else None
         # labels 0..K-1 repeated: each column of the grid is one class

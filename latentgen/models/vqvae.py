@@ -18,6 +18,7 @@ class VQVAE(LatentGenModule):
     def __init__(
         self,
         in_channels: int = 1,
+        base_channels: int | None = 32,
         hidden_channels: int = 64,
         res_channels: int = 32,
         num_res_blocks: int = 2,
@@ -39,7 +40,7 @@ class VQVAE(LatentGenModule):
         super().__init__()
         self.save_hyperparameters()
         self.set_optim(lr, weight_decay, betas, warmup_steps, lr_schedule)
-        net = dict(hidden_channels=hidden_channels, res_channels=res_channels,
+        net = dict(base_channels=base_channels, hidden_channels=hidden_channels, res_channels=res_channels,
                    num_res_blocks=num_res_blocks, latent_dim=latent_dim, downsample=downsample)
         self.encoder = Encoder(in_channels, **net)
         self.decoder = Decoder(in_channels, **net)

@@ -34,8 +34,17 @@ def _num_halvings(downsample: int) -> int:
     return n
 
 
+def _level_channels(base: int, hidden: int, n: int) -> list[int]:
+    """Channels from full resolution down to the latent grid: ``base`` above it, ``hidden`` at it."""
+    return [base] * n + [hidden]
+
+
 class Encoder(nn.Module):
-    """Images [B, C, H, W] -> continuous latents [B, latent_dim, H/f, W/f]."""
+    """Images [B, C, H, W] -> continuous latents [B, latent_dim, H/f, W/f].
+
+    Full-resolution levels use ``base_channels`` (cheap), the latent-resolution level
+    ``hidden_channels`` (where the residual blocks work).
+    """
 
     def __init__(
         self,
@@ -45,12 +54,14 @@ class Encoder(nn.Module):
         num_res_blocks: int = 2,
         latent_dim: int = 32,
         downsample: int = 4,
+        base_channels: int | None = None,
     ) -> None:
         super().__init__()
         n = _num_halvings(downsample)
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, hidden_channels, 3, padding=1)]
-        for _ in range(n):
-            layers += [nn.ReLU(), nn.Conv2d(hidden_channels, hidden_channels, 4, stride=2, padding=1)]
+        ch = _level_channels(base_channels or hidden_channels, hidden_channels, n)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch[0], 3, padding=1)]
+        for i in range(n):
+            layers += [nn.ReLU(), nn.Conv2d(ch[i], ch[i + 1], 4, stride=2, padding=1)]
         layers += [nn.ReLU(), nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1)]
         layers += [ResidualBlock(hidden_channels, res_channels) for _ in range(num_res_blocks)]
         layers += [nn.ReLU(), nn.Conv2d(hidden_channels, latent_dim, 1)]
@@ -71,17 +82,16 @@ class Decoder(nn.Module):
         num_res_blocks: int = 2,
         latent_dim: int = 32,
         downsample: int = 4,
+        base_channels: int | None = None,
     ) -> None:
         super().__init__()
         n = _num_halvings(downsample)
+        ch = _level_channels(base_channels or hidden_channels, hidden_channels, n)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(latent_dim, hidden_channels, 3, padding=1)]
         layers += [ResidualBlock(hidden_channels, res_channels) for _ in range(num_res_blocks)]
-        for _ in range(n):
-            layers += [
-                nn.ReLU(),
-                nn.ConvTranspose2d(hidden_channels, hidden_channels, 4, stride=2, padding=1),
-            ]
-        layers += [nn.ReLU(), nn.Conv2d(hidden_channels, out_channels, 3, padding=1)]
+        for i in range(n):
+            layers += [nn.ReLU(), nn.ConvTranspose2d(ch[i], ch[i + 1], 4, stride=2, padding=1)]
+        layers += [nn.ReLU(), nn.Conv2d(ch[-1], out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def check_prior_matches_stage1(model_cfg: DictConfig, stage1: Stage1, grid_shape
 
 def build_stage(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     if not cfg.get("stage1"):
-        return hydra.utils.instantiate(cfg.data), hydra.utils.instantiate(cfg.model)
+        return hydra.utils.instantiate(cfg.data), hydra.utils.instantiate(cfg.model, _convert_="all")
 
     stage1 = resolve_stage1(cfg)
     cache_cfg = cfg.get("latent_cache") or {}
@@ -52,7 +52,7 @@ def build_stage(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningMo
     grid = tuple(datamodule.datasets["train"].x.shape[-2:])
     filled = check_prior_matches_stage1(cfg.model, stage1, grid)
     model = hydra.utils.instantiate(
-        cfg.model, **filled, stage1_hparams=dict(stage1.model.hparams), stage1_info=stage1.describe(),
+        cfg.model, _convert_="all", **filled, stage1_hparams=dict(stage1.model.hparams), stage1_info=stage1.describe(),
     )
     model.attach_stage1(stage1.model, cache_dir=str(cache_dir))
     return datamodule, model

@@ -26,6 +26,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from latentgen import __version__
 from latentgen.models.vqvae import VQVAE
 from latentgen.stages.artifacts import ArtifactStore, hash_json, sha256_file
 from latentgen.utils.pylogger import RankedLogger
@@ -53,7 +54,14 @@ class Stage1:
     config: DictConfig | None = None  # the composed stage-1 config (its data feeds the latent cache)
 
     def describe(self) -> dict[str, Any]:
-        return {"ckpt_path": str(self.ckpt_path), "sha256": self.sha256, "config_hash": self.config_hash}
+        """Provenance stored in a prior's checkpoint (and the data it was trained on)."""
+        data = None
+        if self.config is not None:
+            d = OmegaConf.to_container(self.config.data, resolve=True)
+            # "target", not "_target_": Hydra would instantiate it when building the prior
+            data = {"target": d["_target_"], "val_size": d.get("val_size"), "split_seed": d.get("split_seed")}
+        return {"ckpt_path": str(self.ckpt_path), "sha256": self.sha256, "config_hash": self.config_hash,
+                "experiment": self.config.get("task_name") if self.config is not None else None, "data": data}
 
 
 def stage1_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -62,7 +70,7 @@ def stage1_identity(cfg: DictConfig) -> dict[str, Any]:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model.pop("num_log_images", None)
     trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k in _TRAINER_IDENTITY}
-    return {"data": data, "model": model, "trainer": trainer, "seed": cfg.get("seed")}
+    return {"data": data, "model": model, "trainer": trainer, "seed": cfg.get("seed"), "version": __version__}
 
 
 def _parent_choice(group: str) -> str | None:
@@ -121,7 +129,13 @@ def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1
         model = VQVAE(**hparams)
     except TypeError as e:
         raise ValueError(f"{path} holds hyperparameters VQVAE does not accept ({e}): is it a stage-1 checkpoint?") from e
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"stage-1 checkpoint {path} does not match the VQ-VAE its own hyperparameters describe (written "
+            f"by another latentgen version?). Retrain it, or delete {path.parent} if it is a stored artefact.\n{e}"
+        ) from e
     model.eval().requires_grad_(False)
     return Stage1(model=model, ckpt_path=path, sha256=sha256_file(path), config_hash=config_hash)
 

@@ -11,8 +11,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from latentgen.callbacks.slurm_requeue import SlurmRequeued
 from latentgen.utils.config_tree import print_config_tree, scrub_secrets
 from latentgen.utils.pylogger import RankedLogger
+from latentgen.utils.resume import find_resume_checkpoint, record_resume
 
 log = RankedLogger(__name__)
 
@@ -53,6 +55,9 @@ def task_wrapper(task: Callable[[DictConfig], tuple[dict, dict]]) -> Callable[[D
             result = task(cfg)
             failed = False
             return result
+        except SlurmRequeued as stop:
+            failed = stop.code != 0  # requeued: the next job continues this run (same dir and W&B run)
+            raise
         except Exception:
             log.exception("Task failed; run dir: %s", cfg.paths.get("output_dir"))
             raise
@@ -99,15 +104,21 @@ def get_metric_value(metric_dict: dict[str, Any], metric_name: str | None) -> fl
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path``: a path, ``null``, or ``last`` (this run dir's checkpoints/last.ckpt if present)."""
+    """``ckpt_path``: ``auto``/``last`` resume from the newest checkpoint in this run dir (none: start
+    fresh), a path loads that file, ``null`` always starts fresh."""
     path = cfg.get("ckpt_path")
     if path is None:
         return None
-    if path == "last":
-        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
+    if path in ("auto", "last"):
+        found = find_resume_checkpoint(cfg.paths.output_dir)
+        if found is None:
+            return None
+        record_resume(cfg.paths.output_dir, *found)
+        return str(found[0])
     if not Path(path).is_file():
-        raise FileNotFoundError(f"ckpt_path={path} does not exist: give the path of a .ckpt file, 'last', or null")
+        raise FileNotFoundError(
+            f"ckpt_path={path} does not exist: give the path of a .ckpt file, 'auto' (resume this run dir), or null"
+        )
     return str(path)
 
 

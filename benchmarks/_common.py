@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts: compose real configs, time things, describe the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from latentgen.utils.resolvers import CONF_DIR
+
+
+def compose_run(overrides: list[str], out_dir: str | Path) -> DictConfig:
+    """Compose ``conf/train.yaml`` as the CLI would, with the run dir at ``out_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.extras.print_config = False
+    return cfg
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+@contextmanager
+def timed(results: dict, key: str):
+    t0 = time.perf_counter()
+    yield
+    results[key] = time.perf_counter() - t0
