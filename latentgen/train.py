@@ -12,10 +12,12 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from latentgen.callbacks.slurm_requeue import cluster_plugins
 from latentgen.stages.builder import build_stage
 from latentgen.utils import resolvers
 from latentgen.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from latentgen.utils.pylogger import RankedLogger
+from latentgen.utils.resume import prepare_wandb_resume
 from latentgen.utils.run import (
     extras,
     get_metric_value,
@@ -36,9 +38,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     datamodule, model = build_stage(cfg)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    prepare_wandb_resume(cfg)  # a restarted run continues its W&B run
     loggers = instantiate_loggers(cfg.get("logger"))
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=cluster_plugins()
+    )
 
     objects = {"cfg": cfg, "datamodule": datamodule, "model": model, "trainer": trainer,
                "callbacks": callbacks, "loggers": loggers}
@@ -46,7 +51,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.get("train"):
         log.info("Starting training")
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        # own checkpoints (hyperparameters may hold OmegaConf containers): full unpickling
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=False)
     metrics = dict(trainer.callback_metrics)
 
     if cfg.get("test"):

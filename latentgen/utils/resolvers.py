@@ -14,3 +14,6 @@ def register_resolvers() -> None:
     """Register ``${latentgen.root:}`` (the directory the command runs in) once per process."""
     if not OmegaConf.has_resolver("latentgen.root"):
         OmegaConf.register_new_resolver("latentgen.root", lambda: os.environ.get("LATENTGEN_ROOT", os.getcwd()))
+    from latentgen.utils.resume import register_resume_resolvers
+
+    register_resume_resolvers()  # run dir names, W&B sweep groups, Slurm launcher values
