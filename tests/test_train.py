@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from latentgen.train import train
-from latentgen.utils.run import resolved_container
 from latentgen.utils.resolvers import CONF_DIR
+from latentgen.utils.run import resolved_container
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
