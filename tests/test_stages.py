@@ -42,9 +42,9 @@ def test_prior_trains_stage1_once_and_reuses_it(tmp_path, mnist_dir, caplog):
     caches = list((logs / "artifacts" / "latents").glob("*/meta.json"))
     assert len(caches) == 1
     meta = json.loads(caches[0].read_text())
-    assert meta["counts"] == {"train": 1024, "val": 1024, "test": 1024}
+    assert meta["counts"] == {"train": 256, "val": 256, "test": 256}
     tokens = np.load(caches[0].parent / "train_tokens.npy", mmap_mode="r")
-    assert tokens.shape == (1024, 7, 7) and 0 <= tokens.min() and tokens.max() < 128
+    assert tokens.shape == (256, 7, 7) and 0 <= tokens.min() and tokens.max() < 256
 
     caplog.set_level(logging.INFO)
     cfg2 = _cfg(tmp_path / "b", "+experiment=transformer_mnist", "debug=limit", log_dir=logs)
@@ -74,7 +74,7 @@ def test_concurrent_priors_train_stage1_exactly_once(tmp_path, mnist_dir):
 
 def test_codebook_mismatch_is_a_clear_error(tmp_path, mnist_dir):
     cfg = _cfg(tmp_path, "+experiment=pixelcnn_mnist", "debug=fdr", "model.num_tokens=64")
-    with pytest.raises(ValueError, match=r"model.num_tokens=64 .* codebook size 128"):
+    with pytest.raises(ValueError, match=r"model.num_tokens=64 .* codebook size 256"):
         train(cfg)
 
 
