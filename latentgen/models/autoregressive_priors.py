@@ -35,7 +35,7 @@ class ARTokenPrior(PriorModule):
         """[B, h, w] tokens -> [B, K, h, w] logits (position i sees only tokens before i)."""
         raise NotImplementedError
 
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def shared_step(self, batch, split: str) -> torch.Tensor:
         tokens, labels = batch
         if tokens.shape[-2:] != self.grid_shape:
             raise ValueError(f"token grids are {tuple(tokens.shape[-2:])} but the prior was built for {self.grid_shape}")
@@ -49,14 +49,6 @@ class ARTokenPrior(PriorModule):
             self.remember_val_batch(batch)
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         if self._should_sample():

@@ -39,6 +39,19 @@ class LatentGenModule(pl.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.lr_schedule = warmup_steps, lr_schedule
 
+    # -- steps: subclasses implement ``shared_step(batch, split)`` for "train", "val" and "test" ----
+    def shared_step(self, batch, split: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.shared_step(batch, "test")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # lets ``latentgen.stages.checkpoints.load_model`` rebuild any stage from its checkpoint alone
         checkpoint["latentgen_class"] = f"{type(self).__module__}.{type(self).__qualname__}"

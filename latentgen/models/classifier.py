@@ -71,7 +71,7 @@ class Classifier(LatentGenModule):
         """Images ``[B, C, H, W]`` in [0, 1] -> logits ``[B, num_classes]``."""
         return self.net(x)
 
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def shared_step(self, batch, split: str) -> torch.Tensor:
         x, y = batch[0], batch[1]
         if split == "train" and self.shift:
             x = random_shift(x, self.shift)
@@ -85,14 +85,6 @@ class Classifier(LatentGenModule):
         self.log(f"{split}/acc", acc, on_step=on_step, on_epoch=not on_step, prog_bar=True)
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -73,7 +73,7 @@ class DiscreteDiffusionPrior(PriorModule):
             return None
         return drop_labels(labels, self.net.null_label, self.cond_drop_prob) if split == "train" else labels
 
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def shared_step(self, batch, split: str) -> torch.Tensor:
         tokens, labels = batch
         x0 = tokens.reshape(tokens.shape[0], -1)
         y = self._labels(labels, split)
@@ -93,14 +93,6 @@ class DiscreteDiffusionPrior(PriorModule):
                       prog_bar=True, sync_dist=not on_step)
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
 
     def make_sampler(self, num_steps: int, temperature: float, randomness: float, guidance_scale: float):
         if self.process_name == "absorbing":

@@ -112,7 +112,7 @@ class LatentDiffusion(PriorModule):
         return self._require_stage1().quantize(z_pre.to(self.device if self._trainer else z_pre.device))[0]
 
     # -- training ---------------------------------------------------------------------------------
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def shared_step(self, batch, split: str) -> torch.Tensor:
         z, labels = batch
         x0 = self.to_latent(z) * self.scale_factor
         t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
@@ -132,14 +132,6 @@ class LatentDiffusion(PriorModule):
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step)
         return loss
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

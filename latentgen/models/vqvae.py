@@ -101,7 +101,7 @@ class VQVAE(LatentGenModule):
         return self.decoder(z_q), indices, vq_loss
 
     # -- training ---------------------------------------------------------------------------------
-    def _step(self, batch, split: str) -> torch.Tensor:
+    def shared_step(self, batch, split: str) -> torch.Tensor:
         x = batch[0]
         x_hat, indices, vq_loss = self(x)
         recon = F.mse_loss(x_hat, x)
@@ -125,14 +125,6 @@ class VQVAE(LatentGenModule):
                 self._log_batch = x[: self.num_log_images].detach()
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
 
     def on_validation_epoch_start(self) -> None:
         self._code_counts.zero_()

@@ -1,0 +1,219 @@
+"""Framework overhead: VQ-VAE training steps through ``pl.Trainer`` vs a plain PyTorch loop.
+
+    python benchmarks/framework_overhead.py                 # 3 interleaved rounds of 200 steps each
+    python benchmarks/framework_overhead.py --profile       # also switch framework parts off one by one
+    python benchmarks/framework_overhead.py --quick         # smoke run (a few steps)
+
+Both sides train the ``vqvae_mnist`` model (a fresh, identically seeded ``VQVAE`` each round) on the
+same ``MNISTDataModule`` train loader with the model's own AdamW + LR schedule. The Lightning side is a
+real ``Trainer.fit`` with the configured callbacks, CSV logger, progress bar and ``log_every_n_steps``;
+the plain side calls the same encoder/quantiser/decoder and optimiser directly. Throughput is images/s
+between the end of the warm-up steps and the last step (data loading, logging and callbacks included),
+taken as the median of interleaved rounds. Target: Lightning / plain >= 0.95. Below target (or with
+``--profile``) each framework feature is switched off in turn to show what it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import types
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from _bench import median, now, print_table, use_shared_data_dir, window_rate
+from _common import compose_run, machine
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import Callback
+
+from latentgen.utils.instantiate import instantiate_callbacks, instantiate_loggers
+
+TARGET = 0.95
+# callback names (conf/callbacks) with their own switch; every other callback is "other"
+PROGRESS_BAR, MODEL_SUMMARY, LR_MONITOR = "progress_bar", "model_summary", "lr_monitor"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which framework parts a Lightning round keeps."""
+
+    name: str
+    progress_bar: bool = True
+    logger: bool = True
+    step_logging: bool = True  # self.log / self.log_dict (and the perplexity they log) in training_step
+    other_callbacks: bool = True
+    model_summary: bool = True
+    log_every_n_steps: int | None = None  # None: as configured
+
+    def keeps(self, callback: str) -> bool:
+        """Whether this variant keeps the configured callback named ``callback``."""
+        if callback == LR_MONITOR and not self.logger:
+            return False  # LearningRateMonitor refuses to run without a logger
+        return {PROGRESS_BAR: self.progress_bar, MODEL_SUMMARY: self.model_summary}.get(callback, self.other_callbacks)
+
+
+AS_CONFIGURED = Variant("as configured")
+ABLATIONS = [
+    replace(AS_CONFIGURED, name="no progress bar", progress_bar=False),
+    replace(AS_CONFIGURED, name="no self.log in training_step", step_logging=False),
+    replace(AS_CONFIGURED, name="no logger (nor LR monitor)", logger=False),
+    replace(AS_CONFIGURED, name="log_every_n_steps=10^9", log_every_n_steps=10**9),
+    replace(AS_CONFIGURED, name="no callbacks (bar kept)", other_callbacks=False, model_summary=False),
+    Variant("bare Trainer (all off)", progress_bar=False, logger=False, step_logging=False,
+            other_callbacks=False, model_summary=False),
+]
+
+
+class StepClock(Callback):
+    """Wall-clock time at the end of every training batch."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.stamps = device, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.stamps.append(now(self.device))
+
+
+def loss_only_step(self, batch, batch_idx):
+    """``VQVAE.training_step`` without its logging: what the plain loop computes."""
+    x = batch[0]
+    x_hat, _, vq_loss = self(x)
+    return F.mse_loss(x_hat, x) + vq_loss
+
+
+def fresh_model(cfg: DictConfig):
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    return hydra.utils.instantiate(cfg.model, _convert_="all")
+
+
+def lightning_round(cfg: DictConfig, datamodule, variant: Variant, steps: int, warmup: int,
+                    device: torch.device) -> float:
+    # a fresh run dir: with a checkpoint in it, fit(ckpt_path=None) would resume from last.ckpt
+    # (Lightning does so whenever an OnExceptionCheckpoint callback is configured)
+    with open_dict(cfg):
+        cfg.paths.output_dir = tempfile.mkdtemp(prefix="fit_", dir=cfg.paths.log_dir)
+    model = fresh_model(cfg)
+    if not variant.step_logging:
+        model.training_step = types.MethodType(loss_only_step, model)
+    configured = OmegaConf.to_container(cfg.get("callbacks") or {}, resolve=True)
+    callbacks = instantiate_callbacks(DictConfig({k: v for k, v in configured.items() if variant.keeps(k)}))
+    clock = StepClock(device)
+    loggers = instantiate_loggers(cfg.get("logger")) if variant.logger else False
+    extra = {"max_steps": warmup + steps, "max_epochs": -1, "enable_progress_bar": variant.progress_bar,
+             "enable_model_summary": variant.model_summary, "enable_checkpointing": variant.other_callbacks}
+    if variant.log_every_n_steps is not None:
+        extra["log_every_n_steps"] = variant.log_every_n_steps
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[*callbacks, clock], logger=loggers, **extra)
+    trainer.fit(model, datamodule=datamodule)
+    return window_rate(clock.stamps[: warmup + steps], warmup, datamodule.batch_size)
+
+
+def plain_round(cfg: DictConfig, datamodule, steps: int, warmup: int, device: torch.device) -> float:
+    model = fresh_model(cfg).to(device).train()
+    optim = model.configure_optimizers()
+    opt, sched = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
+    stamps: list[float] = []
+    while len(stamps) < warmup + steps:
+        for x, _ in datamodule.train_dataloader():
+            x = x.to(device)
+            x_hat, _, vq_loss = model(x)
+            loss = F.mse_loss(x_hat, x) + vq_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            stamps.append(now(device))
+            if len(stamps) == warmup + steps:
+                break
+    return window_rate(stamps, warmup, datamodule.batch_size)
+
+
+def loader_ms_per_batch(datamodule, batches: int) -> float:
+    it = iter(datamodule.train_dataloader())
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return 1e3 * (time.perf_counter() - t0) / batches
+
+
+def build_config(out: Path, overrides: list[str]) -> DictConfig:
+    cfg = compose_run(["+experiment=vqvae_mnist", "logger=csv", *overrides], out)
+    with open_dict(cfg):
+        cfg.paths.log_dir = str(out)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. data.batch_size=256")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps at the start of every round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per side, interleaved")
+    parser.add_argument("--profile", action="store_true", help="always run the ablations (else only below target)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5 steps of batch 32, 1 round")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.rounds = 5, 2, 1
+        args.overrides = ["data.batch_size=32", *args.overrides]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_shared_data_dir()
+    warnings.filterwarnings("ignore")
+
+    with tempfile.TemporaryDirectory(prefix="bench_overhead_") as tmp:
+        cfg = build_config(Path(tmp), args.overrides)
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+        per_epoch = len(datamodule.train_dataloader())
+        if args.warmup + args.steps > per_epoch:
+            print(f"note: {args.warmup + args.steps} steps cross an epoch ({per_epoch} batches): validation "
+                  "and checkpointing at the epoch end fall inside the Lightning window")
+
+        lightning, plain = [], []
+        for r in range(args.rounds):  # interleaved: slow phases of a shared machine hit both sides
+            lightning.append(lightning_round(cfg, datamodule, AS_CONFIGURED, args.steps, args.warmup, device))
+            plain.append(plain_round(cfg, datamodule, args.steps, args.warmup, device))
+            print(f"round {r + 1}: lightning {lightning[-1]:.0f} img/s, plain {plain[-1]:.0f} img/s")
+        lit, ref = median(lightning), median(plain)
+        ratio = lit / ref
+        bs = datamodule.batch_size
+        rows = [["pl.Trainer fit (as configured)", f"{lit:.0f}", f"{1e3 * bs / lit:.2f}",
+                 " ".join(f"{v:.0f}" for v in lightning)],
+                ["plain PyTorch loop", f"{ref:.0f}", f"{1e3 * bs / ref:.2f}", " ".join(f"{v:.0f}" for v in plain)]]
+        print_table(["loop", "img/s (median)", "ms/step", "rounds img/s"], rows,
+                    title=f"VQ-VAE training throughput, batch {bs}, {args.steps} steps after {args.warmup} warm-up")
+        verdict = "meets" if ratio >= TARGET else "BELOW"
+        print(f"\nratio lightning/plain: {ratio:.3f}  (target >= {TARGET}: {verdict})")
+        loader_ms = loader_ms_per_batch(datamodule, min(per_epoch - 1, max(5, args.steps // 2)))
+        print(f"train loader alone: {loader_ms:.2f} ms/batch ({100 * loader_ms / (1e3 * bs / ref):.1f} % of a "
+              "plain step; both loops read the same loader)")
+
+        if ratio < TARGET and not args.profile and args.quick:
+            print("(--quick: ablations skipped; add --profile to run them)")
+        if args.profile or (ratio < TARGET and not args.quick):
+            rows = []
+            for variant in ABLATIONS:
+                rate = lightning_round(cfg, datamodule, variant, args.steps, args.warmup, device)
+                extra_ms = 1e3 * bs / rate - 1e3 * bs / ref
+                saved_ms = 1e3 * bs / lit - 1e3 * bs / rate
+                rows.append([variant.name, f"{rate:.0f}", f"{rate / ref:.3f}", f"{extra_ms:+.2f}", f"{saved_ms:+.2f}"])
+            print_table(["lightning variant (one round each)", "img/s", "vs plain", "ms/step over plain",
+                         "ms/step saved vs as configured"], rows, title="what costs what")
+            print("not in the window: validation, metric syncs (sync_dist only on val/test epochs) and image "
+                  "logging (reconstructions at validation end) happen once per epoch")
+    print(f"\nmachine: {machine()}  (torch threads: {torch.get_num_threads()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

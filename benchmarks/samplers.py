@@ -1,0 +1,228 @@
+"""Sampler speed/quality trade-offs: wall time and FID-LeNet of the priors' samplers.
+
+    python benchmarks/samplers.py --ldm LDM.ckpt --transformer GPT.ckpt --maskgit MASKGIT.ckpt \
+        --classifier CLASSIFIER.ckpt [--num-samples 1000] [--grid 14]
+    python benchmarks/samplers.py --train --log-dir logs    # train the four with their default budgets
+    python benchmarks/samplers.py --quick                   # smoke run: tiny models, a few samples
+
+Rows (each the wall time to draw and decode ``--num-samples`` images, same seed, and FID-LeNet
+against as many real test images):
+
+* latent DDPM: DDPM over all T training steps vs DDIM-10/20/50
+  (target: DDIM-50 >= 15x faster than DDPM-T at <= 10 % worse FID);
+* AR transformer with vs without the KV cache (target: cache >= 2x faster);
+* MaskGIT-4/8/16 vs AR decoding (with cache) at the checkpoints' grid (7x7 on MNIST), and timing-only on
+  a ``--grid G`` x G token grid with random weights of the same architectures (default 14; 0 skips;
+  target: MaskGIT-8 >= 5x faster than AR on 14x14). Timing does not need trained weights.
+A section whose checkpoint is missing is skipped; without ``--classifier`` FID is not computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from _bench import now, print_table, use_shared_data_dir
+from _common import compose_run, machine
+from omegaconf import open_dict
+
+from latentgen.metrics.features import LeNetFeatureExtractor
+from latentgen.metrics.generative import fid_kid
+from latentgen.models.prior_base import PriorModule
+from latentgen.sampling.from_checkpoint import draw_samples, load_prior
+
+TARGETS = {"ddim": (15.0, 0.10), "kv_cache": 2.0, "maskgit8": 5.0}
+EXPERIMENTS = {"ldm": "ldm_mnist", "transformer": "transformer_mnist", "maskgit": "maskgit_mnist",
+               "classifier": "classifier_mnist"}
+# tiny variants for --quick: few steps, small nets (and T=100 diffusion steps), cheap validation
+QUICK_COMMON = ["debug=limit", "test=false", "trainer.limit_val_batches=1", "data.eval_batch_size=64", "images.num=4"]
+QUICK_STAGE1 = ["stage1.overrides=['data.eval_batch_size=64','test=false','trainer.limit_val_batches=1']"]
+QUICK_MODELS = {
+    "ldm": ["model.base_channels=16", "model.num_res_blocks=1", "model.num_train_timesteps=100"],
+    "transformer": ["model.d_model=32", "model.n_layers=2", "model.n_heads=2"],
+    "maskgit": ["model.d_model=32", "model.n_layers=2", "model.n_heads=2"],
+    "classifier": [],
+}
+
+
+def train_checkpoint(name: str, quick: bool, log_dir: Path, out: Path) -> Path:
+    """Train ``name``'s experiment (tiny with ``quick``); returns its final checkpoint."""
+    from latentgen.train import train
+
+    overrides = [f"+experiment={EXPERIMENTS[name]}", "logger=csv"]
+    if quick:
+        overrides += QUICK_COMMON + QUICK_MODELS[name] + (QUICK_STAGE1 if name != "classifier" else [])
+    cfg = compose_run(overrides, out / name)
+    with open_dict(cfg):
+        cfg.paths.log_dir = str(log_dir)
+        cfg.extras.enforce_tags = False
+    _, objects = train(cfg)
+    path = out / f"{name}.ckpt"
+    objects["trainer"].save_checkpoint(path)
+    return path
+
+
+def real_images(model: PriorModule, n: int, data_dir: str) -> torch.Tensor:
+    """The first ``n`` test images of the prior's dataset (recorded in its checkpoint)."""
+    data = (model.hparams.get("stage1_info") or {}).get("data") or {"target": "latentgen.data.datamodules.MNISTDataModule"}
+    args = {k: v for k, v in data.items() if k != "target" and v is not None}
+    dm = hydra.utils.instantiate({"_target_": data["target"], **args, "data_dir": data_dir, "download": False})
+    dm.setup()
+    return dm.test_set.get_batch(range(min(n, len(dm.test_set))))[0]
+
+
+class Bench:
+    """Times ``draw_samples`` of one prior under different options and scores them with FID-LeNet."""
+
+    def __init__(self, args, extractor: LeNetFeatureExtractor | None, data_dir: str) -> None:
+        self.args, self.extractor, self.data_dir = args, extractor, data_dir
+        self._real: dict[int, torch.Tensor] = {}
+
+    def warm_up(self, model: PriorModule, options: dict) -> None:
+        """One small untimed draw: lazy initialisation and allocator growth stay out of the first row."""
+        model.sample_latents(2, model.labels_for(2), **options)
+
+    def run(self, model: PriorModule, options: dict, tokens_only: bool = False) -> tuple[float, float | None]:
+        """Wall seconds for ``--num-samples`` samples (decoded unless ``tokens_only``) and their FID-LeNet."""
+        n, bs, device = self.args.num_samples, self.args.batch_size, model.device
+        if tokens_only:  # e.g. random weights at a grid no stage 1 here decodes
+            gen = torch.Generator(device=device).manual_seed(self.args.seed)
+            t0 = now(device)
+            for start in range(0, n, bs):
+                b = min(bs, n - start)
+                model.sample_latents(b, model.labels_for(b), generator=gen, **options)
+            return now(device) - t0, None
+        t0 = now(device)
+        images, _, _ = draw_samples(model, n, bs, self.args.seed, None, options, progress=False)
+        seconds = now(device) - t0
+        if self.extractor is None:
+            return seconds, None
+        real = self._real.setdefault(id(model), real_images(model, n, self.data_dir))
+        return seconds, fid_kid(real, images, self.extractor, kid_subsets=10)["fid_lenet"]
+
+
+def fmt_fid(fid: float | None) -> str:
+    return "n/a" if fid is None else f"{fid:.2f}"
+
+
+def ldm_section(bench: Bench, model) -> None:
+    t = int(model.hparams.num_train_timesteps)
+    configs = [(f"DDPM-{t}", {"sampler": "ddpm", "num_inference_steps": t})]
+    configs += [(f"DDIM-{k}", {"sampler": "ddim", "num_inference_steps": k}) for k in (10, 20, 50) if k <= t]
+    bench.warm_up(model, configs[-1][1])
+    results = {name: bench.run(model, opts) for name, opts in configs}
+    ref_s, ref_fid = results[configs[0][0]]
+    rows = []
+    for name, (s, fid) in results.items():
+        worse = "n/a" if fid is None or ref_fid is None else f"{100 * (fid / max(ref_fid, 1e-12) - 1):+.1f} %"
+        rows.append([name, f"{s:.2f}", f"{bench.args.num_samples / s:.1f}", f"{ref_s / s:.1f}x", fmt_fid(fid), worse])
+    print_table(["sampler", "wall s", "samples/s", f"speed-up vs DDPM-{t}", "FID-LeNet", "FID vs DDPM"], rows,
+                title=f"latent DDPM, {bench.args.num_samples} samples")
+    if "DDIM-50" in results:
+        s, fid = results["DDIM-50"]
+        speed, tol = TARGETS["ddim"]
+        ok_fid = "n/a" if fid is None or ref_fid is None else ("yes" if fid <= (1 + tol) * ref_fid else "NO")
+        print(f"target DDIM-50 >= {speed:.0f}x faster than DDPM-{t}: {ref_s / s:.1f}x "
+              f"({'meets' if ref_s / s >= speed else 'BELOW'}); FID within {100 * tol:.0f} %: {ok_fid}")
+
+
+def ar_maskgit_section(bench: Bench, gpt, maskgit, grid_label: str, tokens_only: bool = False) -> None:
+    """KV cache on/off for ``gpt`` and MaskGIT-4/8/16 for ``maskgit`` (either may be None)."""
+    configs = []
+    if gpt is not None:
+        configs += [("AR, KV cache", gpt, {"use_cache": True}), ("AR, no cache", gpt, {"use_cache": False})]
+    if maskgit is not None:
+        configs += [(f"MaskGIT-{k}", maskgit, {"num_steps": k}) for k in (4, 8, 16) if k <= maskgit.seq_len]
+    for model in {id(m): m for _, m, _ in configs}.values():
+        bench.warm_up(model, next(opts for _, m, opts in configs if m is model))
+    results = {name: bench.run(model, opts, tokens_only) for name, model, opts in configs}
+    ar_s = results.get("AR, KV cache", (None,))[0]
+    rows = [[name, f"{s:.2f}", f"{bench.args.num_samples / s:.1f}", "-" if ar_s is None else f"{ar_s / s:.2f}x",
+             fmt_fid(fid)] for name, (s, fid) in results.items()]
+    print_table(["sampler", "wall s", "samples/s", "speed-up vs AR (cache)", "FID-LeNet"], rows,
+                title=f"AR transformer vs MaskGIT, {grid_label}, {bench.args.num_samples} samples")
+    if gpt is not None:
+        gain = results["AR, no cache"][0] / results["AR, KV cache"][0]
+        print(f"target KV cache >= {TARGETS['kv_cache']:.0f}x: {gain:.2f}x "
+              f"({'meets' if gain >= TARGETS['kv_cache'] else 'BELOW'})")
+    if gpt is not None and "MaskGIT-8" in results:
+        gain = ar_s / results["MaskGIT-8"][0]
+        where = "target (14x14 grid)" if grid_label.startswith("14x14") else "for reference (target is on 14x14)"
+        print(f"MaskGIT-8 vs AR {where}: {gain:.1f}x (target >= {TARGETS['maskgit8']:.0f}x: "
+              f"{'meets' if gain >= TARGETS['maskgit8'] else 'BELOW'})")
+
+
+def random_weights(loaded: PriorModule | None, config_group: str, grid: int, tmp: Path, device) -> PriorModule:
+    """The loaded prior's architecture (or the config default) at a grid x grid token grid, untrained."""
+    if loaded is not None:
+        hp = {**dict(loaded.hparams), "grid_shape": [grid, grid], "stage1_hparams": None, "stage1_info": None}
+        return type(loaded)(**hp).to(device).eval()
+    cfg = compose_run([f"model={config_group}", "model.num_tokens=128", f"model.grid_shape=[{grid},{grid}]"], tmp)
+    return hydra.utils.instantiate(cfg.model, _convert_="all").to(device).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("ldm", "transformer", "maskgit", "classifier"):
+        parser.add_argument(f"--{name}", type=Path, default=None, help=f"{EXPERIMENTS[name]} checkpoint")
+    parser.add_argument("--train", action="store_true", help="train missing checkpoints with default budgets")
+    parser.add_argument("--log-dir", type=Path, default=None,
+                        help="artefact store and kept checkpoints of --train (default: a temp dir)")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--grid", type=int, default=14, help="token grid side of the random-weight timing (0: skip)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny models trained here, 16 samples")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_samples, args.batch_size = 16, 16
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_shared_data_dir()
+    data_dir = os.environ.get("LATENTGEN_DATA_DIR", "")  # empty: the data module's default (./data)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    warnings.filterwarnings("ignore")
+
+    with tempfile.TemporaryDirectory(prefix="bench_samplers_") as tmp:
+        tmp = Path(tmp)
+        ckpts = {name: getattr(args, name) for name in EXPERIMENTS}
+        # with --log-dir, trained checkpoints are kept there for later runs (--ldm PATH ...)
+        keep = args.log_dir / "benchmark_checkpoints" if args.log_dir else tmp
+        for name, path in ckpts.items():
+            if path is None and (args.quick or args.train):
+                ckpts[name] = train_checkpoint(name, args.quick, args.log_dir or tmp / "logs", keep)
+                print(f"trained {name}: {ckpts[name]}")
+        extractor = LeNetFeatureExtractor(ckpts["classifier"]).to(device) if ckpts["classifier"] else None
+        bench = Bench(args, extractor, data_dir)
+        models = {n: load_prior(str(p), device) for n, p in ckpts.items() if p is not None and n != "classifier"}
+        if extractor is None:
+            print("no --classifier: FID-LeNet not computed")
+
+        if "ldm" in models:
+            ldm_section(bench, models["ldm"])
+        else:
+            print("no --ldm checkpoint: latent DDPM section skipped")
+        gpt, maskgit = models.get("transformer"), models.get("maskgit")
+        if gpt is not None or maskgit is not None:
+            h, w = (gpt or maskgit).grid_shape
+            ar_maskgit_section(bench, gpt, maskgit, f"{h}x{w} grid, trained weights")
+        else:
+            print("no --transformer/--maskgit checkpoint: trained AR vs MaskGIT section skipped")
+        if args.grid:
+            gpt_g = random_weights(gpt, "transformer", args.grid, tmp / "grid", device)
+            mask_g = random_weights(maskgit, "discrete_diffusion", args.grid, tmp / "grid", device)
+            ar_maskgit_section(bench, gpt_g, mask_g, f"{args.grid}x{args.grid} grid, random weights (tokens only)",
+                               tokens_only=True)
+    print(f"\nmachine: {machine()}  (torch threads: {torch.get_num_threads()}, device: {device})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
