@@ -16,6 +16,7 @@ budget, seed); the artefact store under ``paths.artifact_dir`` holds one checkpo
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,18 +100,22 @@ def stage1_overrides(spec: DictConfig) -> list[str]:
     return overrides
 
 
-def compose_stage1(cfg: DictConfig) -> DictConfig:
-    """Compose the stage-1 experiment with this run's paths."""
-    overrides = stage1_overrides(cfg.stage1)
+def compose_experiment(overrides: list[str], paths: DictConfig) -> DictConfig:
+    """Compose ``train.yaml`` with ``overrides`` (``+experiment=...`` and extras) and the given paths."""
     if GlobalHydra.instance().is_initialized():
-        s1 = compose(config_name="train.yaml", overrides=overrides)
+        run_cfg = compose(config_name="train.yaml", overrides=overrides)
     else:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-            s1 = compose(config_name="train.yaml", overrides=overrides)
-    with open_dict(s1):
+            run_cfg = compose(config_name="train.yaml", overrides=overrides)
+    with open_dict(run_cfg):
         for key in ("data_dir", "log_dir", "artifact_dir", "root_dir"):
-            s1.paths[key] = cfg.paths[key]
-    return s1
+            run_cfg.paths[key] = paths[key]
+    return run_cfg
+
+
+def compose_stage1(cfg: DictConfig) -> DictConfig:
+    """Compose the stage-1 experiment with this run's paths."""
+    return compose_experiment(stage1_overrides(cfg.stage1), cfg.paths)
 
 
 def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1:
@@ -140,27 +145,51 @@ def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1
     return Stage1(model=model, ckpt_path=path, sha256=sha256_file(path), config_hash=config_hash)
 
 
-def _train_stage1(s1cfg: DictConfig, store: ArtifactStore, key: str) -> Path:
+def train_artifact(run_cfg: DictConfig, store: ArtifactStore, kind: str, key: str, name: str,
+                   extra_meta: Callable[[Any], dict[str, Any]] | None = None) -> Path:
+    """Train the run ``run_cfg`` describes and publish its checkpoint as artefact ``kind/key``."""
     from latentgen.train import train  # local import: train imports the stage builder
 
-    staging = store.staging_dir(KIND, key)
+    staging = store.staging_dir(kind, key)
     run_dir = staging.parent / f"{key}.runs" / staging.name.split("tmp-")[-1]
-    with open_dict(s1cfg):
-        s1cfg.paths.output_dir = str(run_dir)
-        s1cfg.extras.print_config = False
-    log.info(f"Training stage 1 ({s1cfg.task_name}) for this prior; run dir {run_dir}")
-    metrics, objects = train(s1cfg)
+    with open_dict(run_cfg):
+        run_cfg.paths.output_dir = str(run_dir)
+        run_cfg.extras.print_config = False
+    log.info(f"Training {name} ({run_cfg.task_name}) now; run dir {run_dir}")
+    metrics, objects = train(run_cfg)
     trainer, model = objects["trainer"], objects["model"]
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and not trainer.fast_dev_run:
         shutil.copyfile(best, staging / "model.ckpt")
     else:
         trainer.save_checkpoint(staging / "model.ckpt", weights_only=True)
-    (staging / "config.yaml").write_text(OmegaConf.to_yaml(s1cfg, resolve=True))
-    meta = {"experiment": s1cfg.task_name, "run_dir": str(run_dir),
+    (staging / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
+    meta = {"experiment": run_cfg.task_name, "run_dir": str(run_dir),
             "metrics": {k: float(v) for k, v in metrics.items() if k.startswith(("val/", "test/"))},
-            "identity": stage1_identity(s1cfg), "num_codes": model.num_codes}
-    return store.publish(KIND, key, staging, meta) / "model.ckpt"
+            "identity": stage1_identity(run_cfg), **(extra_meta(model) if extra_meta else {})}
+    return store.publish(kind, key, staging, meta) / "model.ckpt"
+
+
+def find_or_train(run_cfg: DictConfig, artifact_dir: str | Path, kind: str, name: str, auto_train: bool,
+                  missing: Callable[[str, Path], str],
+                  extra_meta: Callable[[Any], dict[str, Any]] | None = None) -> tuple[Path, str]:
+    """Checkpoint of the stored artefact matching ``run_cfg`` (hashed like stage 1), and its key.
+
+    Under the artefact lock: reuse a complete artefact, else train it now (``auto_train``) or raise
+    a RuntimeError with ``missing(key, folder)``, which should name the command to run.
+    """
+    key = hash_json(stage1_identity(run_cfg))[:16]
+    store = ArtifactStore(artifact_dir)
+    with store.lock(kind, key, f"{name} {run_cfg.task_name} [{key}]"):
+        if store.meta(kind, key) is not None:
+            path = store.path(kind, key) / "model.ckpt"
+            log.info(f"Reusing {name.replace(' ', '-')} artefact {key} ({run_cfg.task_name}): {path}")
+        elif not auto_train:
+            raise RuntimeError(missing(key, store.root / kind))
+        else:
+            path = train_artifact(run_cfg, store, kind, key, name, extra_meta)
+            log.info(f"{name[:1].upper()}{name[1:]} trained and stored as artefact {key}: {path}")
+    return path, key
 
 
 def resolve_stage1(cfg: DictConfig) -> Stage1:
@@ -172,22 +201,15 @@ def resolve_stage1(cfg: DictConfig) -> Stage1:
         stage1 = load_stage1(spec.ckpt_path)
         stage1.config = s1cfg
         return stage1
-    key = hash_json(stage1_identity(s1cfg))[:16]
-    store = ArtifactStore(cfg.paths.artifact_dir)
-    with store.lock(KIND, key, f"stage 1 {s1cfg.task_name} [{key}]"):
-        if store.meta(KIND, key) is not None:
-            path = store.path(KIND, key) / "model.ckpt"
-            log.info(f"Reusing stage-1 artefact {key} ({s1cfg.task_name}): {path}")
-        elif not spec.get("auto_train", True):
-            cmd = "python -m latentgen.train " + " ".join(stage1_overrides(spec))
-            raise RuntimeError(
-                f"No trained stage 1 matches this prior's stage1 config (hash {key}) under "
-                f"{store.root / KIND}, and stage1.auto_train=false. Train it first with:\n  {cmd}\n"
-                "or point stage1.ckpt_path at an existing VQ-VAE checkpoint."
-            )
-        else:
-            path = _train_stage1(s1cfg, store, key)
-            log.info(f"Stage 1 trained and stored as artefact {key}: {path}")
+
+    def missing(key: str, folder: Path) -> str:
+        cmd = "python -m latentgen.train " + " ".join(stage1_overrides(spec))
+        return (f"No trained stage 1 matches this prior's stage1 config (hash {key}) under {folder}, and "
+                f"stage1.auto_train=false. Train it first with:\n  {cmd}\n"
+                "or point stage1.ckpt_path at an existing VQ-VAE checkpoint.")
+
+    path, key = find_or_train(s1cfg, cfg.paths.artifact_dir, KIND, "stage 1", spec.get("auto_train", True),
+                              missing, extra_meta=lambda model: {"num_codes": model.num_codes})
     stage1 = load_stage1(path, config_hash=key)
     stage1.config = s1cfg
     return stage1
