@@ -59,7 +59,8 @@ class ARTokenPrior(PriorModule):
         if self._val_batch is not None:
             self.log_completions(*self._val_batch)
 
-    def sample_latents(self, n, labels=None, generator=None, prefix=None, **kwargs):
+    def sample_latents(self, n, labels=None, generator=None, prefix=None, progress=False,
+                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
         raise NotImplementedError
 
     @torch.no_grad()
@@ -101,9 +102,10 @@ class PixelCNNPrior(ARTokenPrior):
     def logits(self, tokens, labels):
         return self.net(tokens, labels)
 
-    def sample_latents(self, n, labels=None, generator=None, prefix=None, progress=False, **kwargs):
-        return sample_pixelcnn(self.net, n, self.grid_shape, labels=labels, prefix=prefix,
-                               generator=generator, progress=progress, **kwargs)
+    def sample_latents(self, n, labels=None, generator=None, prefix=None, progress=False,
+                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+        return sample_pixelcnn(self.net, n, self.grid_shape, labels=labels, prefix=prefix, generator=generator,
+                               progress=progress, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 class TransformerPrior(ARTokenPrior):
@@ -130,7 +132,9 @@ class TransformerPrior(ARTokenPrior):
         return self.net(tokens.reshape(b, h * w), labels).transpose(1, 2).reshape(b, -1, h, w)
 
     def sample_latents(self, n, labels=None, generator=None, prefix=None, progress=False,
-                       use_cache: bool | None = None, **kwargs):
+                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                       use_cache: bool | None = None):
         seq = sample_gpt(self.net, n, labels=labels, prefix=prefix, generator=generator, progress=progress,
-                         use_cache=self.use_cache if use_cache is None else use_cache, **kwargs)
+                         temperature=temperature, top_k=top_k, top_p=top_p,
+                         use_cache=self.use_cache if use_cache is None else use_cache)
         return seq.reshape(n, *self.grid_shape)
