@@ -1,0 +1,263 @@
+"""``latentgen-launch``: submit a two-stage pipeline to Slurm, stage 2 waiting for stage 1 (afterok).
+
+    latentgen-launch --stage1 vqvae_mnist --stage2 ldm_mnist --sweep model.lr=1e-4,3e-4 \\
+        --launcher bigred200 trainer=ddp
+
+* One job for stage 1 and one per stage-2 experiment and sweep point, each with an explicit
+  ``hydra.run.dir`` under ``<log dir>/pipelines/<name>/`` (known before it starts, stable across
+  requeues), resources from the Hydra launcher preset (``conf/hydra/launcher/<launcher>.yaml``).
+* Stage-2 jobs get ``--dependency=afterok:<stage-1 job>`` and ``stage1.ckpt_path`` = the stage-1
+  run's ``checkpoints/best.ckpt``; all W&B runs of the pipeline share the group ``<name>``.
+* Safe to re-run: ``pipeline.json`` in the pipeline dir keeps the job ids; a job that is completed,
+  running or pending is not submitted again, a failed/cancelled/timed-out one is (in the same run dir,
+  so it resumes from its checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from launch import slurm
+
+CKPT_NAME = "best"  # stage 1 keeps its best checkpoint as checkpoints/best.ckpt for stage 2
+UNSAVED = ("state", "text")
+
+
+@dataclass
+class Job:
+    key: str
+    experiment: str
+    overrides: list[str]
+    run_dir: str
+    script: str
+    job_id: str | None = None
+    submitted: str | None = None
+    depends_on: str | None = None
+    # not saved: the state is asked from Slurm, the script text is in `script`
+    state: str = field(default=slurm.UNKNOWN_STATE, compare=False)
+    text: str = field(default="", compare=False, repr=False)
+
+    @property
+    def log(self) -> str:
+        return f"{self.run_dir}/slurm-{self.job_id or '%j'}.out"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="latentgen-launch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage1", help="stage-1 experiment (default: the stage-2 config's stage1.experiment)")
+    p.add_argument("--stage2", action="append", default=[], help="stage-2 experiment (repeatable)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="stage-2 sweep; several --sweep form a grid (Hydra sweep syntax, e.g. range(1,4))")
+    p.add_argument("--launcher", default="slurm", help="preset in conf/hydra/launcher (default: slurm)")
+    p.add_argument("--name", help="pipeline name: its dir, state file and W&B group (default from stages)")
+    p.add_argument("--stage1-override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--stage2-override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--python", default=sys.executable, help="python of the jobs (default: this one)")
+    p.add_argument("--dry-run", action="store_true", help="write and print the scripts, submit nothing")
+    p.add_argument("--status", action="store_true", help="only show the pipeline's jobs and their states")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every job, e.g. trainer=ddp")
+    args = p.parse_intermixed_args(argv)
+    if not args.stage1 and not args.stage2:
+        p.error("give --stage1 and/or --stage2")
+    return args
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from latentgen.utils.resolvers import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = hydra_compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def sweep_points(sweeps: list[str]) -> list[list[str]]:
+    """Grid of override lists from Hydra sweep overrides (``k=a,b``, ``k=range(3)``, ``k=choice(..)``)."""
+    if not sweeps:
+        return [[]]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    axes = []
+    for o in OverridesParser.create().parse_overrides(sweeps):
+        key = o.get_key_element()
+        axes.append([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line])
+    return [list(point) for point in itertools.product(*axes)]
+
+
+def slug(overrides: list[str]) -> str:
+    """Dir-name-safe text for a sweep point: ``model.lr=0.001`` -> ``model.lr-0.001``."""
+    text = "_".join(o.lstrip("+~").replace("/", ".") for o in overrides)
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", text)[:120]
+
+
+def quoted(value: object) -> str:
+    """A Hydra override value taken literally (paths may hold '=', ',' or spaces)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class Pipeline:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stage2_exps = args.stage2
+        self.points = sweep_points(args.sweep)
+        self.stage1_exp = args.stage1 or self._stage1_of(args.stage2[0])
+        self.name = args.name or "-".join([self.stage1_exp, *self.stage2_exps])
+        probe = self._compose(self.stage1_exp, args.stage1_override)
+        self.log_dir = Path(str(probe.paths.log_dir)).resolve()
+        self.root = self.log_dir / "pipelines" / self.name
+        self.state_file = self.root / "pipeline.json"
+        self.jobs: dict[str, Job] = {}
+        if self.state_file.is_file():
+            self.jobs = {k: Job(**v) for k, v in json.loads(self.state_file.read_text())["jobs"].items()}
+
+    def _compose(self, experiment: str, extra: list[str]):
+        return compose([f"+experiment={experiment}", f"hydra/launcher={self.args.launcher}",
+                        *self.args.overrides, *extra])
+
+    def _stage1_of(self, experiment: str) -> str:
+        cfg = self._compose(experiment, self.args.stage2_override)
+        s1 = cfg.get("stage1", {}).get("experiment") if cfg.get("stage1") else None
+        if not s1:
+            raise SystemExit(f"--stage1 is missing and {experiment} has no stage1.experiment: pass --stage1 NAME")
+        return s1
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def plan(self) -> list[Job]:
+        s1_key = f"stage1-{self.stage1_exp}"
+        s1_dir = self.root / s1_key
+        jobs = [self._job(s1_key, self.stage1_exp, self.args.stage1_override, s1_dir, stage1_dir=None)]
+        for exp in self.stage2_exps:
+            for point in self.points:
+                key = f"stage2-{exp}" + (f"-{slug(point)}" if point else "")
+                jobs.append(self._job(key, exp, [*self.args.stage2_override, *point], self.root / key, s1_dir))
+        return jobs
+
+    def _job(self, key: str, exp: str, extra: list[str], run_dir: Path, stage1_dir: Path | None) -> Job:
+        from omegaconf import OmegaConf
+
+        cfg = self._compose(exp, extra)  # fails early, with Hydra's message, on a bad override
+        if stage1_dir is not None and cfg.get("stage1"):
+            want = cfg.stage1.get("experiment")
+            if want and want != self.stage1_exp:
+                raise SystemExit(f"{exp} builds on stage1.experiment={want}, but this pipeline's stage 1 is "
+                                 f"{self.stage1_exp}: drop --stage1 or choose a matching stage-2 experiment")
+        overrides = [f"+experiment={exp}", *self.args.overrides, *extra, f"hydra.run.dir={quoted(run_dir)}"]
+        if OmegaConf.select(cfg, "logger.wandb") is not None:
+            overrides.append(f"logger.wandb.group={quoted(self.name)}")
+        if stage1_dir is None and OmegaConf.select(cfg, "callbacks.model_checkpoint") is not None:
+            overrides.append(f"callbacks.model_checkpoint.filename={CKPT_NAME}")
+        if stage1_dir is not None and cfg.get("stage1"):
+            overrides.append(f"stage1.ckpt_path={quoted(stage1_dir / 'checkpoints' / (CKPT_NAME + '.ckpt'))}")
+        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+        script = slurm.render_script(
+            title=f"latentgen pipeline {self.name}: {key} (written by latentgen-launch)",
+            job_name=f"lg-{key}"[:64], options=slurm.sbatch_options(launcher),
+            output=run_dir / "slurm-%j.out", chdir=Path.cwd(), setup=launcher.get("setup") or [],
+            command=[self.args.python, "-m", "latentgen.train", *overrides], srun_args=launcher.get("srun_args") or [],
+        )
+        path = self.root / "scripts" / f"{key}.sbatch"
+        return Job(key=key, experiment=exp, overrides=overrides, run_dir=str(run_dir), script=str(path), text=script)
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = {"name": self.name, "launcher": self.args.launcher, "updated": _now(),
+                "jobs": {k: {f: v for f, v in asdict(j).items() if f not in UNSAVED} for k, j in self.jobs.items()}}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(self.state_file)
+
+    def run(self) -> list[Job]:
+        planned = self.plan()
+        known = {k: j.job_id for k, j in self.jobs.items() if j.job_id}
+        states = slurm.job_states(known.values()) if known and not self.args.dry_run else {}
+        s1 = planned[0]
+        s1_resubmitted = False
+        for job in planned:
+            old = self.jobs.get(job.key)
+            state = states.get(old.job_id, slurm.UNKNOWN_STATE) if old and old.job_id else None
+            if job is not s1 and state == "PENDING" and s1_resubmitted:
+                slurm.cancel([old.job_id])  # waits on a failed stage 1: re-chain it to the new one
+                state = "CANCELLED"
+            if old and old.job_id and (state in slurm.ACTIVE_STATES or state == slurm.DONE_STATE):
+                if old.overrides != job.overrides:
+                    print(f"note: {job.key} runs as job {old.job_id} with other overrides; not resubmitted "
+                          "(use another --name for a new pipeline)")
+                old.state = state
+                self.jobs[job.key] = old
+                continue
+            dependency = None
+            if job is not s1 and self.jobs[s1.key].state != slurm.DONE_STATE:
+                dependency = f"afterok:{self.jobs[s1.key].job_id or '<stage-1 job id>'}"
+            self._submit(job, dependency, previous=state)
+            s1_resubmitted |= job is s1
+        return [self.jobs[j.key] for j in planned]
+
+    def _submit(self, job: Job, dependency: str | None, previous: str | None) -> None:
+        text = job.text
+        Path(job.script).parent.mkdir(parents=True, exist_ok=True)
+        Path(job.script).write_text(text)
+        Path(job.run_dir).mkdir(parents=True, exist_ok=True)  # sbatch needs the --output dir
+        job.depends_on = dependency
+        if self.args.dry_run:
+            print(f"--- {job.script}{f'  (sbatch --dependency={dependency})' if dependency else ''}\n{text}")
+            job.job_id, job.state = None, "DRY-RUN"
+            self.jobs[job.key] = job
+            return
+        job.job_id = slurm.submit(Path(job.script), dependency)
+        job.submitted, job.state = _now(), "SUBMITTED" if previous is None else f"RESUBMITTED (was {previous})"
+        self.jobs[job.key] = job
+        self.save()  # after every submission: a re-run never loses a job id
+
+    def report(self, jobs: list[Job]) -> None:
+        print(f"pipeline {self.name}  (state: {self.state_file})")
+        print(f"W&B group: {self.name}")
+        for job in jobs:
+            dep = f"  after {job.depends_on}" if job.depends_on else ""
+            print(f"  {job.key:<40} job {job.job_id or '-':<8} {job.state}{dep}")
+            print(f"      run dir: {job.run_dir}\n      log:     {job.log}")
+
+
+def _now() -> str:
+    return datetime.now().isoformat(timespec="seconds")
+
+
+def status(pipe: Pipeline) -> list[Job]:
+    if not pipe.jobs:
+        raise SystemExit(f"no pipeline state at {pipe.state_file}: nothing was submitted under this name")
+    states = slurm.job_states(j.job_id for j in pipe.jobs.values() if j.job_id)
+    for job in pipe.jobs.values():
+        job.state = states.get(job.job_id, slurm.UNKNOWN_STATE)
+    return list(pipe.jobs.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        pipe = Pipeline(args)
+        jobs = status(pipe) if args.status else pipe.run()
+    except (slurm.SlurmError, HydraException, OmegaConfBaseException) as err:
+        print(f"latentgen-launch: {err}", file=sys.stderr)
+        return 2
+    pipe.report(jobs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
