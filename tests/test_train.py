@@ -50,8 +50,10 @@ def test_short_run_writes_checkpoints_images_and_returns_metric(compose_cfg, mni
 
 
 def test_resume_from_last_checkpoint_continues_step_count(compose_cfg, mnist_dir):
-    cfg = compose_cfg("+experiment=vqvae_mnist", "debug=limit", "logger=csv", "test=false")
+    cfg = compose_cfg("+experiment=vqvae_mnist", "debug=limit", "logger=csv", "test=false",
+                      "trainer.max_epochs=2")
     train(cfg)
+    cfg.trainer.max_epochs = 3  # one more epoch of 4 batches than the first run's 2 x 4
     cfg.trainer.max_steps = 12
     cfg.ckpt_path = "last"
     _, objects = train(cfg)
