@@ -109,7 +109,7 @@ class LatentDiffusion(PriorModule):
         """Cached pre-quantisation latents -> the latents this model diffuses (unscaled)."""
         if self.latent == "pre":
             return z_pre
-        return self._require_stage1().quantize(z_pre.to(self.device if self._trainer else z_pre.device))[0]
+        return self._require_stage1().quantize(z_pre.to(self.device))[0]
 
     # -- training ---------------------------------------------------------------------------------
     def shared_step(self, batch, split: str) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from latentgen.models.base import LatentGenModule
 from latentgen.nets.vqvae import Decoder, Encoder
-from latentgen.quantize.vector_quantizer import VectorQuantizer, codebook_usage
+from latentgen.quantize.vector_quantizer import VectorQuantizer, codebook_usage, usage_from_counts
 
 
 class VQVAE(LatentGenModule):
@@ -134,9 +134,8 @@ class VQVAE(LatentGenModule):
 
     def _log_usage(self, split: str) -> None:
         counts = self.trainer.strategy.reduce(self._code_counts.clone(), reduce_op="sum")
-        probs = counts / counts.sum().clamp(min=1)
-        perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
-        self.log_dict({f"{split}/perplexity": perplexity, f"{split}/code_usage": (counts > 0).float().mean()})
+        perplexity, used = usage_from_counts(counts)
+        self.log_dict({f"{split}/perplexity": perplexity, f"{split}/code_usage": used})
 
     def on_validation_epoch_end(self) -> None:
         self._log_usage("val")

@@ -175,9 +175,13 @@ class VectorQuantizer(nn.Module):
         self.ema_count[dead] = self.dead_code_threshold  # protect restarted codes for a while
 
 
-def codebook_usage(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Perplexity of the code distribution and fraction of codes used among ``indices``."""
-    counts = torch.bincount(indices.reshape(-1), minlength=num_codes).float()
+def usage_from_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perplexity of the code distribution and fraction of codes used, from per-code counts."""
     probs = counts / counts.sum().clamp(min=1)
     perplexity = torch.exp(-(probs * torch.log(probs + 1e-10)).sum())
     return perplexity, (counts > 0).float().mean()
+
+
+def codebook_usage(indices: torch.Tensor, num_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Perplexity of the code distribution and fraction of codes used among ``indices``."""
+    return usage_from_counts(torch.bincount(indices.reshape(-1), minlength=num_codes).float())

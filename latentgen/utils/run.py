@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from latentgen.callbacks.slurm_requeue import SlurmRequeued
 from latentgen.utils.config_tree import print_config_tree, scrub_secrets
@@ -121,7 +121,3 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         )
     return str(path)
 
-
-def set_in(cfg: DictConfig, key: str, value: Any) -> None:
-    with open_dict(cfg):
-        OmegaConf.update(cfg, key, value, merge=False)
