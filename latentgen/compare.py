@@ -30,7 +30,7 @@ from latentgen.utils.run import extras
 
 log = RankedLogger(__name__)
 
-COLUMNS = ["Model", "Run", "Sampler / steps", "FID-LeNet", "KID-LeNet (mean ± std)", "Classifier score",
+COLUMNS = ["Model", "Run", "Sampler / steps", "FID-LeNet", "KID-LeNet", "Classifier score",
            "Class coverage", "NLL (bits/token)", "Sampling time (s)"]
 
 
@@ -52,7 +52,10 @@ def step_count(model: PriorModule, spec: EvalSpec, options: dict[str, Any]) -> i
 
 
 def table_row(model: str, run: str, sampler: str, m: dict[str, float]) -> list[Any]:
-    kid = f"{fmt(m['kid_lenet_mean'])} ± {fmt(m['kid_lenet_std'], 2)}"
+    # one KID subset (all N images on both sides) has no spread to report
+    kid = fmt(m["kid_lenet_mean"])
+    if m["kid_lenet_std"] > 0:
+        kid += f" ± {fmt(m['kid_lenet_std'], 2)}"
     return [model, run, sampler, m["fid_lenet"], kid, m["classifier_score"], m["class_coverage"],
             m.get("bits_per_token"), m.get("sampling_time_s")]
 
@@ -63,11 +66,13 @@ def write_markdown(path: Path, header: dict[str, Any], rows: list[dict[str, Any]
     body = [table_row(r["model"], r["run"], r["sampler"], r["metrics"]) for r in rows]
     lines += ["", markdown_table(COLUMNS, body),
               "Lower FID/KID-LeNet is better. The real-data row (N training images against the same N test "
-              "images) is the floor any generator can reach at this N; the stage-1 row (reconstructions of "
-              "other test images) is the ceiling of a perfect prior over this stage 1. The classifier score "
+              "images) is what a perfect model of the training set scores at this N, train/test shift "
+              "included; the stage-1 row (reconstructions of other test images) is what a perfect prior over "
+              "this stage 1 would score if it matched the test split. The classifier score "
               "(Inception-Score analogue) runs from 1 to the number of classes, class coverage is the "
-              "fraction of classes predicted at least once. All scores use the classifier above and compare "
-              "only at the same N.\n", f"![FID-LeNet vs sampling steps]({png})\n"]
+              "fraction of classes predicted at least once. KID is the mean over random subsets ± their std, "
+              "or the single value when the subset is all N images. All scores use the classifier above and "
+              "compare only at the same N.\n", f"![FID-LeNet vs sampling steps]({png})\n"]
     path.write_text("\n".join(lines))
 
 
