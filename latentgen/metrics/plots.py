@@ -17,7 +17,7 @@ def plot_fid_vs_steps(curves: Mapping[str, Sequence[tuple[int, float]]], ceiling
     """One line per model (``label -> [(steps, fid), ...]``), horizontal lines for ceiling and floor."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.0, 4.2), dpi=120)
     try:
         for label, points in curves.items():
             points = sorted(points)
@@ -34,7 +34,8 @@ def plot_fid_vs_steps(curves: Mapping[str, Sequence[tuple[int, float]]], ceiling
         ax.set_ylabel("FID-LeNet (lower is better)")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        # outside the axes: it never hides a curve
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         fig.tight_layout()
         fig.savefig(path)
     finally:
