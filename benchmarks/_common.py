@@ -9,20 +9,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from latentgen.utils.resolvers import CONF_DIR
+from latentgen.utils.compose import compose_config
 
 
 def compose_run(overrides: list[str], out_dir: str | Path) -> DictConfig:
     """Compose ``conf/train.yaml`` as the CLI would, with the run dir at ``out_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
+    cfg = compose_config(overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out_dir)
         cfg.extras.print_config = False

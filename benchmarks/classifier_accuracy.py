@@ -18,30 +18,23 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from latentgen.train import train
-from latentgen.utils.resolvers import CONF_DIR, register_resolvers
+from latentgen.utils.compose import compose_config
 
 
 def compose_run(experiment: str, overrides: list[str], out: Path):
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="train.yaml", return_hydra_config=True,
-                      overrides=[f"+experiment={experiment}", "logger=csv", *overrides])
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]  # like the CLI, whose task config has no hydra node (its runtime
-            # fields, e.g. hydra.job.num, stay missing under compose() and break resolving)
-            cfg.paths.output_dir = str(out / "run")
-            cfg.paths.log_dir = str(out / "logs")
-            cfg.extras.print_config = False
-            cfg.extras.enforce_tags = False
-            cfg.callbacks.progress_bar.refresh_rate = 0 if not sys.stderr.isatty() else 10
+    cfg = compose_config([f"+experiment={experiment}", "logger=csv", *overrides])
+    with open_dict(cfg):
+        del cfg["hydra"]  # like the CLI, whose task config has no hydra node (its runtime
+        # fields, e.g. hydra.job.num, stay missing under compose() and break resolving)
+        cfg.paths.output_dir = str(out / "run")
+        cfg.paths.log_dir = str(out / "logs")
+        cfg.extras.print_config = False
+        cfg.extras.enforce_tags = False
+        cfg.callbacks.progress_bar.refresh_rate = 0 if not sys.stderr.isatty() else 10
     return cfg
 
 

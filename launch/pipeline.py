@@ -70,21 +70,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from latentgen.utils.resolvers import CONF_DIR
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = hydra_compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
-    return cfg
-
-
 def sweep_points(sweeps: list[str]) -> list[list[str]]:
     """Grid of override lists from Hydra sweep overrides (``k=a,b``, ``k=range(3)``, ``k=choice(..)``)."""
     if not sweeps:
@@ -125,7 +110,9 @@ class Pipeline:
             self.jobs = {k: Job(**v) for k, v in json.loads(self.state_file.read_text())["jobs"].items()}
 
     def _compose(self, experiment: str, extra: list[str]):
-        return compose([f"+experiment={experiment}", f"hydra/launcher={self.args.launcher}",
+        from latentgen.utils.compose import compose_config
+
+        return compose_config([f"+experiment={experiment}", f"hydra/launcher={self.args.launcher}",
                         *self.args.overrides, *extra])
 
     def _stage1_of(self, experiment: str) -> str:

@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from latentgen.utils.resolvers import CONF_DIR
+from latentgen.utils.compose import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "datasets"
@@ -31,16 +29,13 @@ def mnist_dir() -> Path:
 
 def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
     """Compose ``conf/train.yaml`` like the CLI does, with outputs under ``tmp_path``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name="train.yaml", overrides=overrides, return_hydra_config=True)
-        HydraConfig().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.paths.log_dir = str(tmp_path / "logs")
-            cfg.paths.data_dir = str(data_dir())
-            cfg.extras.print_config = False
-            cfg.data.num_workers = 0
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.data_dir = str(data_dir())
+        cfg.extras.print_config = False
+        cfg.data.num_workers = 0
     return cfg
 
 

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
@@ -23,7 +20,7 @@ from latentgen.metrics.classifier_lookup import default_experiment, resolve_clas
 from latentgen.sampling.from_checkpoint import load_prior
 from latentgen.stages.artifacts import sha256_file
 from latentgen.stages.checkpoints import load_model
-from latentgen.utils.resolvers import CONF_DIR
+from latentgen.utils.compose import compose_config
 
 from .conftest import data_dir
 
@@ -34,11 +31,7 @@ SAMPLE_METRICS = {"fid_lenet", "kid_lenet_mean", "kid_lenet_std", "classifier_sc
 
 def _cfg(tmp_path: Path, config: str, *overrides: str):
     """Compose ``conf/<config>`` like the CLI (Hydra config set), outputs and artefacts under ``tmp_path``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name=config, return_hydra_config=True,
-                      overrides=["show_progress=false", "wandb.enabled=false", *overrides])
-        HydraConfig().set_config(cfg)
+    cfg = compose_config(["show_progress=false", "wandb.enabled=false", *overrides], config_name=config)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "out")
         cfg.paths.log_dir = str(tmp_path / "logs")
