@@ -13,6 +13,9 @@ from latentgen.utils.compose import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "datasets"
+# overrides for a VQ-VAE small enough for a few dozen CPU steps in seconds
+TINY = ["model.hidden_channels=16", "model.res_channels=8", "model.num_res_blocks=1", "model.latent_dim=8",
+        "model.num_codes=16", "data.batch_size=32"]
 
 
 def data_dir() -> Path:

@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,12 +13,11 @@ import torch
 from latentgen.train import train
 from latentgen.utils.resolvers import CONF_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO, TINY
+
 # one experiment per stage (the Fashion-MNIST twins run the same code); the classifier is no stage
 STAGES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*_mnist.yaml")
                 if not p.stem.startswith("classifier") and "fashion" not in p.stem)
-TINY = ["model.hidden_channels=16", "model.res_channels=8", "model.num_res_blocks=1", "model.latent_dim=8",
-        "model.num_codes=16", "data.batch_size=32"]
 
 
 @pytest.mark.slow

@@ -22,10 +22,7 @@ from latentgen.utils.resume import (
     slurm_run_name,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-# a VQ-VAE small enough for a few dozen CPU steps in seconds
-TINY = ["model.hidden_channels=16", "model.res_channels=8", "model.num_res_blocks=1", "model.latent_dim=8",
-        "model.num_codes=16", "data.batch_size=32"]
+from .conftest import REPO, TINY
 
 
 def run_env(data: Path) -> dict[str, str]:

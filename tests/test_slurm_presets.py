@@ -15,9 +15,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from launch.pipeline import main as launch_main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["model.hidden_channels=16", "model.res_channels=8", "model.num_res_blocks=1", "model.latent_dim=8",
-        "model.num_codes=16", "data.batch_size=32"]
+from .conftest import REPO, TINY
 
 
 def launcher(cfg) -> dict:

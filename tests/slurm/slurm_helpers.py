@@ -6,12 +6,10 @@ import subprocess
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO, TINY  # noqa: F401 (re-exported to the Slurm tests)
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
             "BOOT_FAIL", "DEADLINE"}
-# a VQ-VAE small enough for dozens of CPU steps in seconds
-TINY = ["model.hidden_channels=16", "model.res_channels=8", "model.num_res_blocks=1", "model.latent_dim=8",
-        "model.num_codes=16", "data.batch_size=32"]
 
 
 def sacct(job_id: str, duplicates: bool = False) -> list[dict[str, str]]:
