@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import machine
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"test accuracy     : {acc:.4f}")
     print(f"test loss         : {float(metrics['test/loss']):.4f}")
     print(f"wall time (fit+test): {wall:.1f} s")
+    print(f"machine: {machine()}")
     if acc < args.target:
         print(f"FAIL: test accuracy {acc:.4f} < target {args.target}", file=sys.stderr)
         return 1
