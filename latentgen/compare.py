@@ -21,7 +21,7 @@ from latentgen.metrics.eval_data import resolve_data
 from latentgen.metrics.plots import plot_fid_vs_steps
 from latentgen.metrics.registry import EvalSpec, eval_spec
 from latentgen.metrics.report import finite_metrics, fmt, markdown_table
-from latentgen.metrics.scan import choose_group, find_priors
+from latentgen.metrics.scan import choose_group, find_priors, latest_launches
 from latentgen.models.prior_base import PriorModule
 from latentgen.sampling.from_checkpoint import load_prior, sampler_options
 from latentgen.utils import resolvers
@@ -79,7 +79,12 @@ def write_markdown(path: Path, header: dict[str, Any], rows: list[dict[str, Any]
 def compare(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the priors of one stage-1 group; returns the rows and the paths written."""
     device = pick_device(cfg.device)
+    if cfg.runs not in ("latest", "all"):
+        raise ValueError(f"runs={cfg.runs!r}: use runs=latest (the newest run or sweep of each experiment) "
+                         "or runs=all (every run found)")
     sha, group = choose_group(find_priors(cfg.logs_dir, cfg.patterns), cfg.stage1_sha)
+    if cfg.runs == "latest":
+        group = latest_launches(group)
     models = [(entry, load_prior(str(entry.path), device)) for entry in group]
     sources = {resolve_data(m, e.path, cfg.get("data")) for e, m in models}
     if len({s.target for s in sources}) != 1:

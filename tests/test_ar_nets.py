@@ -179,6 +179,18 @@ def test_gpt_sampling_argument_errors() -> None:
         sample_gpt(net, 2, labels=1)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_gpt_sampling_checks_prefix_and_label_ids_once(use_cache: bool) -> None:
+    """The loop skips the per-step id checks for its own samples, but bad user ids still fail clearly."""
+    net = _tiny_gpt()
+    bad_prefix = torch.tensor([[0, 3], [1, net.num_tokens]])
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, \d+\), got range \[0, \d+\]"):
+        sample_gpt(net, 2, prefix=bad_prefix, use_cache=use_cache)
+    conditional = _tiny_gpt(num_classes=3)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        sample_gpt(conditional, 2, labels=torch.tensor([0, 3]), use_cache=use_cache)
+
+
 def test_pixelcnn_sampling_prefix_and_seed() -> None:
     torch.manual_seed(0)
     net = GatedPixelCNN(5, num_classes=2, hidden_channels=8, num_layers=2, kernel_size=3)
@@ -208,6 +220,10 @@ def test_pixelcnn_sampling_prefix_and_seed() -> None:
     assert torch.equal(net(greedy, torch.tensor([0, 1])).argmax(1), greedy)
     with pytest.raises(ValueError, match="exceeds"):
         sample_pixelcnn(net, 2, (4, 5), labels=0, prefix=torch.zeros(2, 21, dtype=torch.long))
+    with pytest.raises(ValueError, match="tokens must lie"):
+        sample_pixelcnn(net, 2, (4, 5), labels=0, prefix=torch.full((2, 3), 5))
+    with pytest.raises(ValueError, match="labels must lie"):
+        sample_pixelcnn(net, 2, (4, 5), labels=2)
 
 
 def test_bidirectional_is_non_causal_and_handles_mask_and_null_class() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -110,9 +111,16 @@ def test_compare_priors_of_one_stage1(tmp_path, trained_run, classifier_ckpt, mn
         dst = logs / exp / "runs" / "2026-01-01_00-00-00" / "checkpoints" / "last.ckpt"
         dst.parent.mkdir(parents=True)
         shutil.copyfile(trained_run(exp) / "checkpoints" / "last.ckpt", dst)
+    # an older run of the same experiment: left out by the default runs=latest
+    old = logs / "pixelcnn_mnist" / "runs" / "2025-12-31_00-00-00" / "checkpoints" / "last.ckpt"
+    old.parent.mkdir(parents=True)
+    shutil.copyfile(trained_run("pixelcnn_mnist") / "checkpoints" / "last.ckpt", old)
+    os.utime(old, (1e9, 1e9))
     args = (f"logs_dir={logs}", f"classifier.ckpt_path={classifier_ckpt}", *SMALL, "steps.maskgit=[2,4]")
     with pytest.raises(ValueError, match="stage1_sha=ffff matches 0"):
         compare(_cfg(tmp_path, "compare.yaml", *args, "stage1_sha=ffff"))
+    with pytest.raises(ValueError, match="runs='newest': use runs=latest"):
+        compare(_cfg(tmp_path, "compare.yaml", *args, "runs=newest"))
 
     cfg = _cfg(tmp_path, "compare.yaml", *args)
     result = compare(cfg)
@@ -131,6 +139,7 @@ def test_compare_priors_of_one_stage1(tmp_path, trained_run, classifier_ckpt, mn
     md = result["paths"]["md"].read_text()
     assert "| Model | Run | Sampler / steps | FID-LeNet |" in md
     assert "pixelcnn_mnist/runs/2026-01-01_00-00-00" in md and "maskgit, 2 steps" in md and "vqvae" not in md
+    assert "2025-12-31_00-00-00" not in md
     assert sum(line.startswith("| ") for line in md.splitlines()) == 2 + 6  # header, rule, six rows
     assert rows[("Real data (train vs test)", "–")]["fid_lenet"] < rows[("Stage-1 reconstructions", "–")]["fid_lenet"]
     with Image.open(result["paths"]["png"]) as png:

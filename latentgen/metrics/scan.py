@@ -62,6 +62,33 @@ def find_priors(logs_dir: str | Path, patterns: Sequence[str]) -> list[PriorChec
     return priors
 
 
+def launch_of(run: str) -> tuple[str, str]:
+    """``(task, launch)`` of a run dir relative to the logs folder: ``ldm_mnist/runs/<time>`` is one
+    launch; every job of ``ldm_mnist/multiruns/<time>/<n>`` belongs to the sweep ``.../multiruns/<time>``."""
+    parts = Path(run).parts
+    if len(parts) < 3 or Path(run).is_absolute():  # not laid out as <task>/<runs|multiruns>/<time>
+        return run, run
+    return parts[0], str(Path(*parts[:3]))
+
+
+def latest_launches(priors: Sequence[PriorCheckpoint]) -> list[PriorCheckpoint]:
+    """Per task (experiment) and prior class, only the priors of the newest launch: the last single run,
+    or every job of the last sweep. Older runs of the same experiment are left out, and the log says which."""
+    launches: dict[tuple[str, str], dict[str, list[PriorCheckpoint]]] = defaultdict(lambda: defaultdict(list))
+    for p in priors:
+        task, launch = launch_of(p.run)
+        launches[task, p.class_name][launch].append(p)
+    kept, dropped = [], []
+    for by_launch in launches.values():
+        newest = max(by_launch, key=lambda launch: max(p.mtime for p in by_launch[launch]))
+        for launch, members in by_launch.items():
+            (kept if launch == newest else dropped).extend(members)
+    if dropped:
+        log.info(f"Leaving out {len(dropped)} older run(s) of the same experiments "
+                 f"({', '.join(sorted(p.run for p in dropped))}); runs=all compares them too")
+    return [p for p in priors if p in kept]
+
+
 def choose_group(priors: Sequence[PriorCheckpoint], stage1_sha: str | None) -> tuple[str, list[PriorCheckpoint]]:
     """The priors of one stage 1: the one whose SHA-256 starts with ``stage1_sha``, else the newest."""
     groups: dict[str, list[PriorCheckpoint]] = defaultdict(list)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentgen.nets.checks import check_id_range, check_labels
+
 __all__ = ["GatedPixelCNN", "GatedLayer"]
 
 
@@ -123,17 +125,14 @@ class GatedPixelCNN(nn.Module):
             nn.Conv2d(hidden_channels, num_tokens, 1),
         )
 
-    def _check_inputs(self, tokens: torch.Tensor, labels: torch.Tensor | None) -> None:
+    def _check_inputs(self, tokens: torch.Tensor, labels: torch.Tensor | None, check_range: bool) -> None:
         if tokens.dim() != 3:
             raise ValueError(
                 f"tokens must have shape [B, H, W], got {tuple(tokens.shape)}; "
                 "reshape flat sequences to the latent grid"
             )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.num_tokens):
-            raise ValueError(
-                f"tokens must lie in [0, {self.num_tokens}), got range "
-                f"[{int(tokens.min())}, {int(tokens.max())}]; check num_tokens matches the codebook"
-            )
+        if check_range:
+            check_id_range("tokens", tokens, self.num_tokens, "check num_tokens matches the codebook")
         if self.num_classes is None:
             if labels is not None:
                 raise ValueError("labels were given but num_classes is None; pass labels=None")
@@ -142,23 +141,18 @@ class GatedPixelCNN(nn.Module):
             raise ValueError(
                 f"labels are required since num_classes={self.num_classes}; pass a LongTensor [B]"
             )
-        if labels.shape != (tokens.shape[0],):
-            raise ValueError(
-                f"labels must have shape [{tokens.shape[0]}], got {tuple(labels.shape)}"
-            )
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}), got range "
-                f"[{int(labels.min())}, {int(labels.max())}]"
-            )
+        check_labels(labels, tokens.shape[0], self.num_classes, "check num_classes", check_range)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *, check_range: bool = True
+    ) -> torch.Tensor:
         """Return logits [B, num_tokens, H, W] for token grid ``tokens`` [B, H, W].
 
         The logits at (r, c) depend only on tokens strictly before (r, c) in
-        row-major order (and on ``labels``).
+        row-major order (and on ``labels``). ``check_range=False`` skips the id range checks (a
+        host sync each) for callers that checked their ids already, such as the sampling loop.
         """
-        self._check_inputs(tokens, labels)
+        self._check_inputs(tokens, labels, check_range)
         x = self.embedding(tokens).permute(0, 3, 1, 2)
         v, h = x, x
         skips = torch.zeros_like(x)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentgen.nets.checks import check_id_range, check_labels
+
 __all__ = ["MLP", "SelfAttention", "Block", "KVCache", "GPTPrior", "BidirectionalTransformer"]
 
 
@@ -112,19 +114,6 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def _check_range(name: str, x: Tensor, high: int, fix: str) -> None:
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= high):
-        raise ValueError(
-            f"{name} must lie in [0, {high}), got range [{int(x.min())}, {int(x.max())}]; {fix}"
-        )
-
-
-def _check_labels(labels: Tensor, batch_size: int, high: int, fix: str) -> None:
-    if labels.shape != (batch_size,):
-        raise ValueError(f"labels must have shape [{batch_size}], got {tuple(labels.shape)}")
-    _check_range("labels", labels, high, fix)
-
-
 _CODEBOOK_FIX = "check num_tokens matches the codebook"
 
 
@@ -168,14 +157,15 @@ class _TransformerPrior(nn.Module):
         self.apply(_init_weights)
         nn.init.normal_(self.pos_emb, std=0.02)
 
-    def _embed(self, tokens: Tensor, min_len: int, fix: str) -> Tensor:
+    def _embed(self, tokens: Tensor, min_len: int, fix: str, check_range: bool = True) -> Tensor:
         """Validate ``tokens`` [B, L] and return their embeddings [B, L, D]."""
         if tokens.dim() != 2 or not min_len <= tokens.shape[1] <= self.seq_len:
             raise ValueError(
                 f"tokens must have shape [B, L] with {min_len} <= L <= seq_len={self.seq_len}, "
                 f"got {tuple(tokens.shape)}; flatten the grid and crop it to seq_len"
             )
-        _check_range("tokens", tokens, self.tok_emb.num_embeddings, fix)
+        if check_range:
+            check_id_range("tokens", tokens, self.tok_emb.num_embeddings, fix)
         return self.tok_emb(tokens)
 
     def _head(self, x: Tensor) -> Tensor:
@@ -204,7 +194,7 @@ class GPTPrior(_TransformerPrior):
         self.start_emb = nn.Embedding(num_classes if num_classes is not None else 1, d_model)
         self._init_parameters()
 
-    def _start(self, batch_size: int, labels: Tensor | None) -> Tensor:
+    def _start(self, batch_size: int, labels: Tensor | None, check_range: bool = True) -> Tensor:
         """Start-token embeddings [B, 1, D] for ``labels``."""
         if self.num_classes is None:
             if labels is not None:
@@ -214,14 +204,17 @@ class GPTPrior(_TransformerPrior):
             raise ValueError(
                 f"labels are required since num_classes={self.num_classes}; pass a LongTensor [B]"
             )
-        _check_labels(labels, batch_size, self.num_classes, "check num_classes")
+        check_labels(labels, batch_size, self.num_classes, "check num_classes", check_range)
         return self.start_emb(labels)[:, None]
 
-    def forward(self, tokens: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Return logits [B, L, num_tokens] for ``tokens`` [B, L] with ``0 <= L <= seq_len``."""
-        emb = self._embed(tokens, 0, _CODEBOOK_FIX)
+    def forward(self, tokens: Tensor, labels: Tensor | None = None, *, check_range: bool = True) -> Tensor:
+        """Return logits [B, L, num_tokens] for ``tokens`` [B, L] with ``0 <= L <= seq_len``.
+
+        ``check_range=False`` skips the id range checks (a host sync each) for callers that
+        checked their ids already, such as the sampling loop feeding back its own samples."""
+        emb = self._embed(tokens, 0, _CODEBOOK_FIX, check_range)
         b, n = tokens.shape
-        start = self._start(b, labels)
+        start = self._start(b, labels, check_range)
         if n == 0:
             return self._head(emb.new_zeros(b, 0, emb.shape[-1]))
         x = self.drop(torch.cat([start, emb[:, : n - 1]], dim=1) + self.pos_emb[:, :n])
@@ -238,21 +231,23 @@ class GPTPrior(_TransformerPrior):
         keys = [self.pos_emb.new_zeros(shape) for _ in self.blocks]
         return KVCache(keys=keys, values=[torch.zeros_like(k) for k in keys])
 
-    def decode(self, tokens: Tensor, cache: KVCache, labels: Tensor | None = None) -> Tensor:
+    def decode(
+        self, tokens: Tensor, cache: KVCache, labels: Tensor | None = None, *, check_range: bool = True
+    ) -> Tensor:
         """Consume ``tokens`` [B, n] after the cached context; return next-token logits [B, V].
 
         On an empty cache the start token (built from ``labels``; ignored
         otherwise) is consumed first, so ``n`` may be 0 there. After the call
-        the cache holds the start token plus every consumed token.
+        the cache holds the start token plus every consumed token. ``check_range`` as in ``forward``.
         """
-        x = self._embed(tokens, 0, _CODEBOOK_FIX)
+        x = self._embed(tokens, 0, _CODEBOOK_FIX, check_range)
         b = cache.batch_size
         if tokens.shape[0] != b:
             raise ValueError(
                 f"tokens must have batch size {b} to match the cache, got {tokens.shape[0]}"
             )
         if cache.length == 0:
-            x = torch.cat([self._start(b, labels), x], dim=1)
+            x = torch.cat([self._start(b, labels, check_range), x], dim=1)
         elif tokens.shape[1] == 0:
             raise ValueError("decode needs at least one new token once the cache is filled")
         start, n = cache.length, x.shape[1]
@@ -317,7 +312,7 @@ class BidirectionalTransformer(_TransformerPrior):
         if self.cls_emb is not None:
             if labels is None:
                 labels = torch.full((b,), self.num_classes, dtype=torch.long, device=tokens.device)
-            _check_labels(labels, b, self.num_classes + 1, "use null_label for no class")
+            check_labels(labels, b, self.num_classes + 1, "use null_label for no class")
             x = torch.cat([self.cls_emb(labels)[:, None], x], dim=1)
         elif labels is not None:
             raise ValueError("labels were given but num_classes is None; pass labels=None")

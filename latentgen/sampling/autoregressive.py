@@ -152,11 +152,13 @@ def sample_gpt(
         cache = net.init_cache(num_samples) if use_cache else None
         steps = range(n_prefix, net.seq_len)
         for i in tqdm(steps, desc="sampling", disable=not progress, leave=False):
+            # the first step checks the prefix and labels; later inputs are the sampler's own tokens
+            check = i == n_prefix
             if cache is not None:
                 new = seq[:, :i] if cache.length == 0 else seq[:, i - 1 : i]
-                logits = net.decode(new, cache, labels)
+                logits = net.decode(new, cache, labels, check_range=check)
             else:
-                logits = net(seq[:, : i + 1], labels)[:, i]
+                logits = net(seq[:, : i + 1], labels, check_range=check)[:, i]
             seq[:, i] = sample_from_logits(logits, temperature, top_k, top_p, generator)
     finally:
         net.train(was_training)
@@ -198,7 +200,8 @@ def sample_pixelcnn(
         steps = range(n_prefix, height * width)
         for i in tqdm(steps, desc="sampling", disable=not progress, leave=False):
             row, col = divmod(i, width)
-            logits = net(grid, labels)[:, :, row, col]
+            # the first step checks the prefix and labels; later inputs are the sampler's own tokens
+            logits = net(grid, labels, check_range=i == n_prefix)[:, :, row, col]
             flat[:, i] = sample_from_logits(logits, temperature, top_k, top_p, generator)
     finally:
         net.train(was_training)
