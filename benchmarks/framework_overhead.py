@@ -1,6 +1,6 @@
 """Framework overhead: VQ-VAE training steps through ``pl.Trainer`` vs a plain PyTorch loop.
 
-    python benchmarks/framework_overhead.py                 # 5 interleaved rounds of 200 steps each
+    python benchmarks/framework_overhead.py                 # 5 paired rounds of 200 steps each
     python benchmarks/framework_overhead.py --profile       # also switch framework parts off one by one
     python benchmarks/framework_overhead.py --quick         # smoke run (a few steps)
 
@@ -26,6 +26,7 @@ import time
 import types
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -195,15 +196,14 @@ def plain_round(cfg: DictConfig, datamodule, steps: int, warmup: int, device: to
     return summarize(phases.steps, warmup, datamodule.batch_size)
 
 
-def paired(cfg: DictConfig, datamodule, variant: Variant, args, device: torch.device, plain_first: bool):
-    """A Lightning round and a plain round back to back, in the given order."""
-    run_lightning = lambda: lightning_round(cfg, datamodule, variant, args.steps, args.warmup, device)  # noqa: E731
-    run_plain = lambda: plain_round(cfg, datamodule, args.steps, args.warmup, device)  # noqa: E731
-    if plain_first:
-        ref = run_plain()
-        return run_lightning(), ref
-    lit = run_lightning()
-    return lit, run_plain()
+def paired(cfg: DictConfig, datamodule, variant: Variant, args, device: torch.device,
+           plain_first: bool) -> tuple[Round, Round]:
+    """A Lightning round and a plain round back to back, in the given order: (lightning, plain)."""
+    sides = {"lightning": partial(lightning_round, cfg, datamodule, variant, args.steps, args.warmup, device),
+             "plain": partial(plain_round, cfg, datamodule, args.steps, args.warmup, device)}
+    order = ("plain", "lightning") if plain_first else ("lightning", "plain")
+    done = {side: sides[side]() for side in order}
+    return done["lightning"], done["plain"]
 
 
 def loader_ms_per_batch(datamodule, batches: int) -> float:

@@ -86,7 +86,8 @@ def latest_launches(priors: Sequence[PriorCheckpoint]) -> list[PriorCheckpoint]:
     if dropped:
         log.info(f"Leaving out {len(dropped)} older run(s) of the same experiments "
                  f"({', '.join(sorted(p.run for p in dropped))}); runs=all compares them too")
-    return [p for p in priors if p in kept]
+    kept_paths = {p.path for p in kept}
+    return [p for p in priors if p.path in kept_paths]
 
 
 def choose_group(priors: Sequence[PriorCheckpoint], stage1_sha: str | None) -> tuple[str, list[PriorCheckpoint]]:
