@@ -113,7 +113,7 @@ class Pipeline:
         from latentgen.utils.compose import compose_config
 
         return compose_config([f"+experiment={experiment}", f"hydra/launcher={self.args.launcher}",
-                        *self.args.overrides, *extra])
+                               *self.args.overrides, *extra])
 
     def _stage1_of(self, experiment: str) -> str:
         cfg = self._compose(experiment, self.args.stage2_override)

@@ -74,20 +74,20 @@ def launch_of(run: str) -> tuple[str, str]:
 def latest_launches(priors: Sequence[PriorCheckpoint]) -> list[PriorCheckpoint]:
     """Per task (experiment) and prior class, only the priors of the newest launch: the last single run,
     or every job of the last sweep. Older runs of the same experiment are left out, and the log says which."""
-    launches: dict[tuple[str, str], dict[str, list[PriorCheckpoint]]] = defaultdict(lambda: defaultdict(list))
+    newest_mtime: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)  # (task, class) -> launch -> mtime
     for p in priors:
         task, launch = launch_of(p.run)
-        launches[task, p.class_name][launch].append(p)
+        launches = newest_mtime[task, p.class_name]
+        launches[launch] = max(launches.get(launch, p.mtime), p.mtime)
+    newest = {key: max(launches, key=launches.__getitem__) for key, launches in newest_mtime.items()}
     kept, dropped = [], []
-    for by_launch in launches.values():
-        newest = max(by_launch, key=lambda launch: max(p.mtime for p in by_launch[launch]))
-        for launch, members in by_launch.items():
-            (kept if launch == newest else dropped).extend(members)
+    for p in priors:
+        task, launch = launch_of(p.run)
+        (kept if newest[task, p.class_name] == launch else dropped).append(p)
     if dropped:
         log.info(f"Leaving out {len(dropped)} older run(s) of the same experiments "
                  f"({', '.join(sorted(p.run for p in dropped))}); runs=all compares them too")
-    kept_paths = {p.path for p in kept}
-    return [p for p in priors if p.path in kept_paths]
+    return kept
 
 
 def choose_group(priors: Sequence[PriorCheckpoint], stage1_sha: str | None) -> tuple[str, list[PriorCheckpoint]]:
