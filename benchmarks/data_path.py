@@ -39,6 +39,7 @@ from _common import compose_run, machine
 from omegaconf import open_dict
 
 from latentgen.stages.builder import build_stage
+from latentgen.stages.resolver import resolve_dependencies
 from latentgen.stages.stage1 import compose_stage1
 
 TARGET_SPEEDUP = 10.0
@@ -96,7 +97,7 @@ def build(args, out: Path):
     cfg = compose_run([*overrides, *args.overrides], out / "run")
     with open_dict(cfg):
         cfg.paths.log_dir = str(args.log_dir or out)
-    latent_dm, model = build_stage(cfg)
+    latent_dm, model = build_stage(cfg, resolve_dependencies(cfg))
     image_cfg = compose_stage1(cfg).data
     image_dm = hydra.utils.instantiate(image_cfg, batch_size=latent_dm.batch_size)
     image_dm.prepare_data()

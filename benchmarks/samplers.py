@@ -138,7 +138,7 @@ def ar_maskgit_section(bench: Bench, gpt, maskgit, grid_label: str, tokens_only:
     if gpt is not None:
         configs += [("AR, KV cache", gpt, {"use_cache": True}), ("AR, no cache", gpt, {"use_cache": False})]
     if maskgit is not None:
-        configs += [(f"MaskGIT-{k}", maskgit, {"num_steps": k}) for k in (4, 8, 16) if k <= maskgit.seq_len]
+        configs += [(f"MaskGIT-{k}", maskgit, {"num_inference_steps": k}) for k in (4, 8, 16) if k <= maskgit.seq_len]
     for model in {id(m): m for _, m, _ in configs}.values():
         bench.warm_up(model, next(opts for _, m, opts in configs if m is model))
     results = {name: bench.run(model, opts, tokens_only) for name, model, opts in configs}

@@ -16,8 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from latentgen.evaluate import make_evaluator, pick_device, sampling_options
 from latentgen.metrics.eval_data import resolve_data
+from latentgen.metrics.eval_setup import make_evaluator, pick_device, sampling_options
 from latentgen.metrics.plots import plot_fid_vs_steps
 from latentgen.metrics.registry import EvalSpec, eval_spec
 from latentgen.metrics.report import finite_metrics, fmt, markdown_table

@@ -13,15 +13,15 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from latentgen.metrics.classifier_lookup import ResolvedClassifier, resolve_classifier
-from latentgen.metrics.eval_data import DataSource, RealImages, resolve_data
-from latentgen.metrics.evaluation import Evaluator, inception_weights
+from latentgen.metrics.eval_data import resolve_data
+from latentgen.metrics.eval_setup import make_evaluator, pick_device, sampling_options
 from latentgen.metrics.registry import eval_spec
 from latentgen.metrics.report import log_wandb_summary, metric_label, write_report
 from latentgen.sampling.from_checkpoint import check_options
 from latentgen.stages.artifacts import sha256_file
 from latentgen.stages.checkpoints import load_model
 from latentgen.utils import resolvers
+from latentgen.utils.checkpoint_io import exit_on_checkpoint_error
 from latentgen.utils.images import save_grid
 from latentgen.utils.pylogger import RankedLogger
 from latentgen.utils.run import extras
@@ -30,23 +30,6 @@ log = RankedLogger(__name__)
 
 RECORDED_KEYS = ("num_samples", "batch_size", "seed", "sampling", "nll", "recon", "metrics", "classifier",
                  "inception")
-
-
-def pick_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-def sampling_options(cfg: DictConfig) -> dict[str, Any]:
-    return {k: v for k, v in OmegaConf.to_container(cfg.sampling).items() if v is not None}
-
-
-def make_evaluator(cfg: DictConfig, source: DataSource, device: str) -> tuple[Evaluator, ResolvedClassifier]:
-    """The classifier for ``source``'s dataset and an evaluator against its first N test images."""
-    classifier = resolve_classifier(cfg.classifier, cfg.paths, source.dataset, device)
-    inception = inception_weights(cfg.inception.enabled, cfg.inception.weights)
-    evaluator = Evaluator(RealImages(source, cfg.paths.data_dir), classifier.extractor, int(cfg.num_samples),
-                          cfg.metrics.batch_size, cfg.metrics.kid_subsets, inception, cfg.show_progress)
-    return evaluator, classifier
 
 
 def stage1_provenance(model: torch.nn.Module, ckpt: Path) -> dict[str, Any]:
@@ -61,7 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the checkpoint ``cfg.ckpt``; returns the metrics and the paths written."""
     device = pick_device(cfg.device)
     ckpt = Path(cfg.ckpt)
-    model = load_model(ckpt, map_location=device).to(device).eval()
+    model = load_model(ckpt, map_location=device, purpose="evaluate").to(device).eval()
     spec = eval_spec(model)
     options = sampling_options(cfg)
     if spec.kind == "prior":
@@ -110,7 +93,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(resolvers.CONF_DIR), config_name="evaluate.yaml")
 def main(cfg: DictConfig) -> None:
     extras(cfg)
-    evaluate(cfg)
+    with exit_on_checkpoint_error():  # a bad checkpoint file: one clear error, no traceback
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from latentgen.sampling.from_checkpoint import draw_samples, load_prior, real_prefix_grids
 from latentgen.utils import resolvers
+from latentgen.utils.checkpoint_io import exit_on_checkpoint_error
 from latentgen.utils.images import save_grid
 from latentgen.utils.pylogger import RankedLogger
 from latentgen.utils.run import extras
@@ -51,7 +52,8 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
 @hydra.main(version_base="1.3", config_path=str(resolvers.CONF_DIR), config_name="sample.yaml")
 def main(cfg: DictConfig) -> None:
     extras(cfg)
-    sample(cfg)
+    with exit_on_checkpoint_error():  # a bad checkpoint file: one clear error, no traceback
+        sample(cfg)
 
 
 if __name__ == "__main__":

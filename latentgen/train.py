@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 
 from latentgen.callbacks.slurm_requeue import cluster_plugins
 from latentgen.stages.builder import build_stage
+from latentgen.stages.resolver import resolve_dependencies
 from latentgen.utils import resolvers
+from latentgen.utils.errors import ClearError
 from latentgen.utils.instantiate import instantiate_callbacks, instantiate_loggers
 from latentgen.utils.pylogger import RankedLogger
 from latentgen.utils.resume import prepare_wandb_resume
@@ -22,10 +24,12 @@ from latentgen.utils.run import (
     extras,
     get_metric_value,
     log_hyperparameters,
+    pinned_ckpt_path,
     resolve_ckpt_path,
     task_wrapper,
 )
 from latentgen.utils.summary import print_run_summary
+from latentgen.utils.validate import validate_config
 
 log = RankedLogger(__name__)
 
@@ -33,10 +37,14 @@ log = RankedLogger(__name__)
 @task_wrapper
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit (and test) the stage described by ``cfg``; returns (metrics, instantiated objects)."""
+    validate_config(cfg)  # before a stage 1 is trained or anything is built
+    # the stored models this run builds on, found or trained (in a child process) before anything is
+    # seeded: the run's initial weights and data order do not depend on whether they were trained now
+    resolved = resolve_dependencies(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule, model = build_stage(cfg)
+    datamodule, model = build_stage(cfg, resolved)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     prepare_wandb_resume(cfg)  # a restarted run continues its W&B run
     loggers = instantiate_loggers(cfg.get("logger"))
@@ -51,8 +59,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     if cfg.get("train"):
         log.info("Starting training")
-        # own checkpoints (hyperparameters may hold OmegaConf containers): full unpickling
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg), weights_only=False)
+        ckpt_path = resolve_ckpt_path(cfg, model)  # checked: safe to load, and a checkpoint of this model
+        with pinned_ckpt_path(trainer, ckpt_path):  # null stays "start fresh" to Lightning too
+            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = dict(trainer.callback_metrics)
 
     if cfg.get("test"):
@@ -60,18 +69,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if not ckpt or trainer.fast_dev_run:
             ckpt = None
             log.info("Testing the current weights (no best checkpoint)")
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update(trainer.callback_metrics)
 
     print_run_summary(cfg, trainer, metrics)
     return metrics, objects
 
 
+@resolvers.experiment_slot_cli
 @hydra.main(version_base="1.3", config_path=str(resolvers.CONF_DIR), config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    extras(cfg)
-    metrics, _ = train(cfg)
-    return get_metric_value(metrics, cfg.get("optimized_metric"))
+    try:
+        extras(cfg)
+        metrics, _ = train(cfg)
+        return get_metric_value(metrics, cfg.get("optimized_metric"))
+    except ClearError as error:
+        # exit with the message alone: raising would add a traceback, and Hydra would print the
+        # job's overrides, secrets included
+        raise SystemExit(f"Error: {error}") from None
 
 
 if __name__ == "__main__":

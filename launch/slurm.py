@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from latentgen.stages.commands import shell_command
 
 # states in which a job is still going to run (or runs): never submit it again
 ACTIVE_STATES = {
@@ -56,17 +57,11 @@ def sbatch_options(launcher: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def shell_word(arg: str) -> str:
-    """Quote for bash, readably: ``key='value'`` Hydra overrides go in double quotes."""
-    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", arg):
-        return arg
-    if not re.search(r'["$`\\!]', arg):
-        return f'"{arg}"'
-    return shlex.quote(arg)
-
-
 def render_script(*, title: str, job_name: str, options: dict[str, Any], output: Path, chdir: Path,
-                  setup: Sequence[str], command: Sequence[str], srun_args: Sequence[str] = ()) -> str:
+                  setup: Sequence[str], command: Sequence[str], srun_args: Sequence[str] = (),
+                  after: Sequence[Sequence[str]] = ()) -> str:
+    """A batch script that runs ``command`` under srun (one task per device), then each command of
+    ``after`` once, in the batch step, when it succeeded."""
     lines = ["#!/bin/bash", f"# {title}", f"#SBATCH --job-name={job_name}", f"#SBATCH --output={output}",
              f"#SBATCH --chdir={chdir}"]
     for flag, value in options.items():
@@ -76,7 +71,7 @@ def render_script(*, title: str, job_name: str, options: dict[str, Any], output:
             lines.append(f"#SBATCH --{flag}={value}")
     lines += ["", "set -e", *setup, "",
               'echo "latentgen: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname)"',
-              " ".join(shell_word(a) for a in ["srun", *srun_args, *command]), ""]
+              shell_command(["srun", *srun_args, *command]), *(shell_command(c) for c in after), ""]
     return "\n".join(lines)
 
 

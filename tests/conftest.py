@@ -18,6 +18,17 @@ TINY = ["model.hidden_channels=16", "model.res_channels=8", "model.num_res_block
         "model.num_codes=16", "data.batch_size=32"]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny CPU models run faster with one intra-op thread on a busy shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def data_dir() -> Path:
     return Path(os.environ.get("LATENTGEN_DATA_DIR", SHARED_DATA))
 

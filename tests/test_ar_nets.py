@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentgen.nets.pixelcnn import GatedPixelCNN
-from latentgen.nets.transformer import BidirectionalTransformer, GPTPrior
+from latentgen.nets.transformer import BidirectionalTransformer, CausalTransformer
 from latentgen.sampling.autoregressive import (
     filter_logits,
     sample_from_logits,
@@ -91,9 +91,9 @@ def test_pixelcnn_rejects_bad_config() -> None:
         GatedPixelCNN(4, kernel_size=4)
 
 
-def _tiny_gpt(num_classes: int | None = None, seq_len: int = 12) -> GPTPrior:
+def _tiny_gpt(num_classes: int | None = None, seq_len: int = 12) -> CausalTransformer:
     torch.manual_seed(0)
-    net = GPTPrior(7, seq_len, num_classes=num_classes, d_model=32, n_layers=2, n_heads=4)
+    net = CausalTransformer(7, seq_len, num_classes=num_classes, d_model=32, n_layers=2, n_heads=4)
     return net.double()
 
 

@@ -64,7 +64,7 @@ def test_short_fit_logs_accuracy_and_checkpoint_loads_as_feature_extractor(compo
         assert key in metrics, key
     assert 0.0 <= float(metrics["val/acc"]) <= 1.0
     assert float(metrics["val/acc"]) > 0.2  # a dozen AdamW steps already beat chance (0.1)
-    assert objects["trainer"].global_step == cfg.trainer.max_steps  # debug=limit stops after max_steps
+    assert objects["trainer"].global_step == cfg.trainer.max_epochs * cfg.trainer.limit_train_batches
 
     out = Path(cfg.paths.output_dir)
     with open(out / "csv" / "metrics.csv") as f:

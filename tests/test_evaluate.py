@@ -86,8 +86,8 @@ def test_evaluate_vqvae_gives_psnr_ssim(tmp_path, trained_run, classifier_ckpt, 
     ckpt = trained_run("vqvae_mnist") / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError, match="data=mnist"):
         evaluate(_cfg(tmp_path, "evaluate.yaml", f"ckpt={ckpt}", f"classifier.ckpt_path={classifier_ckpt}"))
-    with pytest.raises(ValueError, match=r"sampling options \['num_steps'\] do not apply"):
-        evaluate(_cfg(tmp_path, "evaluate.yaml", f"ckpt={ckpt}", "data=mnist", "sampling.num_steps=4"))
+    with pytest.raises(ValueError, match=r"sampling options \['num_inference_steps'\] do not apply"):
+        evaluate(_cfg(tmp_path, "evaluate.yaml", f"ckpt={ckpt}", "data=mnist", "sampling.num_inference_steps=4"))
     cfg = _cfg(tmp_path, "evaluate.yaml", f"ckpt={ckpt}", "data=mnist", f"classifier.ckpt_path={classifier_ckpt}",
                *SMALL)
     evaluate(cfg)

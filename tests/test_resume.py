@@ -1,4 +1,5 @@
-"""Restarts: kill -9 then the same command resumes; epoch-boundary resume is bit-exact; W&B run id kept."""
+"""Restarts: kill -9 then the same command resumes; epoch-boundary resume is bit-exact; W&B run id kept
+and its step count continued."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from latentgen.utils.resume import (
     prepare_wandb_resume,
     slurm_run_name,
 )
+from latentgen.utils.wandb_sync import logged_steps
 
 from .conftest import REPO, TINY
 
@@ -71,8 +73,8 @@ def test_wandb_run_id_is_persisted_and_reused(compose_cfg):
 # -- in-process: resume at an epoch boundary reproduces the uninterrupted run bit for bit ------------
 def test_epoch_boundary_resume_is_bit_exact_and_continues_wandb_run(compose_cfg, tmp_path, mnist_dir):
     def fit(run_dir: Path, *overrides: str):
-        cfg = compose_cfg("+experiment=vqvae_mnist", "debug=limit", "test=false", "model.lr_schedule=constant",
-                          "model.warmup_steps=0", "trainer.max_steps=-1", "trainer.limit_train_batches=6", *TINY, *overrides)
+        cfg = compose_cfg("+experiment=vqvae_mnist", "debug=limit", "test=false", "model.scheduler.decay=constant",
+                          "model.scheduler.warmup_steps=0", "trainer.max_steps=-1", "trainer.limit_train_batches=6", *TINY, *overrides)
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
         return train(cfg)[1]["trainer"]
@@ -91,10 +93,12 @@ def test_epoch_boundary_resume_is_bit_exact_and_continues_wandb_run(compose_cfg,
     assert not differing, f"resumed run differs from the uninterrupted one in {differing[:5]}"
     opt_a, opt_b = full.optimizers[0].state_dict()["state"], resumed.optimizers[0].state_dict()["state"]
     assert all(torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"]) for i in opt_a)
-    # both processes of the cut run logged into one W&B run
+    # both processes of the cut run logged into one W&B run, the second from where the first stopped
     wandb_dirs = sorted((cut / "wandb").glob("offline-run-*"))
     run_id = (cut / WANDB_ID_FILE).read_text().strip()
     assert len(wandb_dirs) == 2 and all(d.name.endswith(run_id) for d in wandb_dirs), wandb_dirs
+    first, second = (logged_steps(d) for d in wandb_dirs)
+    assert (first[0], first[-1], second[0], second[-1]) == (0, 5, 6, 11), (first, second)
 
 
 # -- subprocess: kill -9, then the very same command ---------------------------------------------------

@@ -16,6 +16,7 @@ from omegaconf import open_dict
 
 from latentgen.models.autoregressive_priors import PixelCNNPrior
 from latentgen.stages.artifacts import ArtifactStore
+from latentgen.stages.child_train import OUTPUT_LOG
 from latentgen.train import train
 
 from .conftest import compose_train, data_dir
@@ -66,7 +67,8 @@ def test_concurrent_priors_train_stage1_exactly_once(tmp_path, mnist_dir):
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    assert len(_stage1_runs(logs)) == 1
+    (run,) = _stage1_runs(logs)
+    assert (run / OUTPUT_LOG).is_file()  # trained by a child process of the prior that took the lock
     text = "\n".join(outputs)
     assert text.count("Training stage 1") == 1
     assert text.count("Reusing stage-1 artefact") == 1
@@ -89,7 +91,7 @@ def test_explicit_stage1_checkpoint_with_other_codebook_fails(tmp_path, mnist_di
 
 def test_auto_train_off_names_the_command(tmp_path, mnist_dir):
     cfg = _cfg(tmp_path, "+experiment=pixelcnn_mnist", "debug=fdr", "stage1.auto_train=false")
-    with pytest.raises(RuntimeError, match=r"python -m latentgen.train \+experiment=vqvae_mnist debug=fdr"):
+    with pytest.raises(RuntimeError, match=r"latentgen-artifacts train \+experiment=vqvae_mnist debug=fdr"):
         train(cfg)
 
 
@@ -112,7 +114,7 @@ def test_prior_checkpoint_alone_decodes_images(tmp_path, mnist_dir):
 def test_incomplete_or_corrupt_artefacts_are_not_trusted(tmp_path):
     store = ArtifactStore(tmp_path)
     staging = store.staging_dir("stage1", "abc")
-    (staging / "model.ckpt").write_bytes(b"weights")
+    torch.save({"state_dict": {"w": torch.ones(2)}}, staging / "model.ckpt")
     assert store.meta("stage1", "abc") is None  # staged but never published
     store.publish("stage1", "abc", staging, {"note": "x"})
     assert store.meta("stage1", "abc")["note"] == "x"

@@ -14,10 +14,11 @@ from latentgen.utils.run import resolved_container
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
-def test_train_yaml_defaults_do_not_include_experiment():
+def test_train_yaml_puts_experiment_before_local_and_debug():
     defaults = OmegaConf.load(CONF_DIR / "train.yaml").defaults
-    names = [next(iter(d)) if isinstance(d, dict) or OmegaConf.is_dict(d) else d for d in defaults]
-    assert not any(str(n).lstrip("+").startswith("experiment") for n in names)
+    names = [str(next(iter(d)) if isinstance(d, dict) or OmegaConf.is_dict(d) else d) for d in defaults]
+    names = [n.removeprefix("optional ") for n in names]
+    assert names.index("experiment") < names.index("local") < names.index("debug")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -22,7 +22,7 @@ def test_wandb_offline_run_dir_has_metrics_and_config(compose_cfg, mnist_dir, mo
     assert len(logs) == 1, "no binary W&B log (the file `wandb sync` uploads)"
     # offline runs keep history, config and summary records in that log
     record_bytes = logs[0].read_bytes()
-    for key in (b"val/recon_loss", b"train/loss", b"val/psnr", b"vqvae_mnist", b"output_dir", str(cfg.paths.output_dir).encode()):
+    for key in (b"val/recon_loss", b"train/loss", b"val/psnr", b"latentgen.models.vqvae.VQVAE", b"output_dir", str(cfg.paths.output_dir).encode()):
         assert key in record_bytes, key
     assert list((run / "files" / "media" / "images").rglob("*.png")), "reconstruction grid not logged as a W&B image"
     for f in run.rglob("*"):

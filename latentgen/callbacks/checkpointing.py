@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, OnExceptionCheckpoint
 
+from latentgen.callbacks.finite_check import NonFiniteTrainingError
 from latentgen.callbacks.slurm_requeue import SlurmRequeued
 
 
@@ -52,9 +53,10 @@ class PeriodicCheckpoint(Callback):
 
 
 class ExceptionCheckpoint(OnExceptionCheckpoint):
-    """``OnExceptionCheckpoint`` that skips the save when ``SlurmRequeue`` has just saved and requeued."""
+    """``OnExceptionCheckpoint`` that skips the save when ``SlurmRequeue`` has just saved and requeued,
+    and when training stopped on non-finite values (the weights are no resume point then)."""
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SlurmRequeued):
+        if isinstance(exception, (SlurmRequeued, NonFiniteTrainingError)):
             return
         super().on_exception(trainer, pl_module, exception)

@@ -83,3 +83,7 @@ class RNGState(Callback):
         if self._pending is not None:
             restore_rng_state(self._pending)
             self._pending = None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        # resumed mid-epoch: no epoch start comes first, so restore before the first batch
+        self.on_train_epoch_start(trainer, pl_module)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -16,6 +15,7 @@ from .cifar import read_cifar_split
 from .download import dataset_folder, ensure_available, resolve_data_dir
 from .errors import DatasetError
 from .idx import read_idx
+from .sampler import ResumableTrainLoader
 from .sources import DatasetSpec, get_spec
 
 SPLITS = ("train", "val", "test")
@@ -110,13 +110,15 @@ def load_split(
     return images, labels.astype(np.int64)
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(ResumableTrainLoader):
     """Base data module: a deterministic train/val split of the train file plus the test file.
 
     ``data_dir`` is the data root holding ``mnist/``, ``fashion-mnist/`` and ``cifar-10/``
     (empty: ``$LATENTGEN_DATA_DIR`` or ``./data``). ``prepare_data`` downloads missing files
-    if ``download``; ``setup`` never downloads. The train loader shuffles and drops a last
-    incomplete batch; ``dataloader(split)`` gives ordered loaders for encoding whole splits.
+    if ``download``; ``setup`` never downloads. The train loader shuffles with a permutation of
+    ``(shuffle_seed, epoch)`` (``shuffle_seed`` None: the run's seed), splits it over DDP ranks,
+    drops a last incomplete batch and resumes mid-epoch from a checkpoint (``data.sampler``);
+    ``dataloader(split)`` gives ordered loaders for encoding whole splits.
     """
 
     dataset_name: ClassVar[str] = ""
@@ -133,6 +135,7 @@ class ImageDataModule(pl.LightningDataModule):
         verify_checksums: bool = True,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if not self.dataset_name:
@@ -165,6 +168,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.verify_checksums = verify_checksums
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.shuffle_seed = shuffle_seed
         self.train_set: ImageTensorDataset | None = None
         self.val_set: ImageTensorDataset | None = None
         self.test_set: ImageTensorDataset | None = None
@@ -236,8 +240,14 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        drop_last = len(self._dataset("train")) >= self.batch_size
-        return self.dataloader("train", shuffle=True, drop_last=drop_last)
+        return self.resumable_train_loader(
+            self._dataset("train"),
+            self.batch_size,
+            seed=self.shuffle_seed,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader("val")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latentgen.utils.errors import ClearError
+
 DATA_DIR_ENV = "LATENTGEN_DATA_DIR"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(ClearError, RuntimeError):
     """A dataset file is missing, damaged or unreadable.
 
     The message always names the file concerned and what to do about it.

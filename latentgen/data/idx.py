@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -24,6 +25,14 @@ IDX_DTYPES: dict[int, str] = {
 }
 
 _REFETCH = "delete it so that it is downloaded again, or replace it with an intact copy"
+_CHECK_PATH = "check that paths.data_dir (LATENTGEN_DATA_DIR) points at the dataset folder, or " + _REFETCH
+
+
+def _type_name(code: int) -> str:
+    return f"0x{code:02x} ({np.dtype(IDX_DTYPES[code]).name})"
+
+
+ACCEPTED_TYPES = ", ".join(_type_name(c) for c in IDX_DTYPES)
 
 
 def find_idx(folder: str | Path, stem: str) -> Path | None:
@@ -70,9 +79,9 @@ def parse_idx(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
             f"it is not an IDX file or is damaged: {_REFETCH}"
         )
     if code not in IDX_DTYPES:
-        known = ", ".join(f"0x{c:02x}" for c in IDX_DTYPES)
         raise DatasetError(
-            f"IDX file {source} has unknown type code 0x{code:02x} (known: {known}): {_REFETCH}"
+            f"IDX file {source} has type code 0x{code:02x} (its header's type byte, at offset 2), which is no IDX "
+            f"type (accepted: {ACCEPTED_TYPES}); it is damaged or not an IDX file: {_CHECK_PATH}"
         )
     if ndim == 0:
         raise DatasetError(f"IDX file {source} declares 0 dimensions: {_REFETCH}")
@@ -81,18 +90,34 @@ def parse_idx(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
         raise DatasetError(f"IDX file {source} is truncated inside its header: {_REFETCH}")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(IDX_DTYPES[code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     actual = len(data) - header
-    if actual < expected:
-        raise DatasetError(
-            f"IDX file {source} is truncated: shape {dims} needs {expected} payload bytes, found {actual}: {_REFETCH}"
-        )
-    if actual > expected:
-        raise DatasetError(
-            f"IDX file {source} has {actual - expected} trailing bytes after its {dims} payload: {_REFETCH}"
-        )
+    _check_payload_size(source, code, dims, actual)
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
     return array.astype(dtype.newbyteorder("="), copy=True)
+
+
+def _check_payload_size(source: str | Path, code: int, dims: tuple[int, ...], actual: int) -> None:
+    """Raise DatasetError unless ``actual`` payload bytes are what the header declares."""
+    count = math.prod(dims)  # exact: a damaged header can declare more elements than an int64 holds
+    expected = count * np.dtype(IDX_DTYPES[code]).itemsize
+    if actual == expected:
+        return
+    fitting = [c for c in IDX_DTYPES if c != code and count * np.dtype(IDX_DTYPES[c]).itemsize == actual]
+    if fitting:
+        raise DatasetError(
+            f"IDX file {source} has type byte {_type_name(code)} in its header, but its {actual}-byte "
+            f"payload of shape {dims} fits type {_type_name(fitting[0])}: the type byte is damaged "
+            f"(accepted types: {ACCEPTED_TYPES}): {_REFETCH}"
+        )
+    shape = str(dims) if len(dims) <= 4 else f"({', '.join(map(str, dims[:4]))}, ...)"
+    declared = f"{expected:.3g}" if expected >= 10**12 else str(expected)
+    damage = ("is truncated" if actual < expected else f"has {actual - expected} trailing bytes")
+    raise DatasetError(
+        f"IDX file {source} does not match its header: the header declares type byte "
+        f"{_type_name(code)} and {len(dims)} dimension(s) {shape}, i.e. {declared} bytes of data, but "
+        f"{actual} bytes follow it. The file {damage} or its header is damaged (accepted type bytes: "
+        f"{ACCEPTED_TYPES}): {_CHECK_PATH}"
+    )
 
 
 def read_idx(path: str | Path) -> np.ndarray:

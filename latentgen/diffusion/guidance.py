@@ -1,4 +1,4 @@
-"""Classifier-free guidance (Ho & Salimans, 2022)."""
+"""Classifier-free guidance (Ho & Salimans, 2022): label dropout in training, guided predictions in sampling."""
 
 from __future__ import annotations
 
@@ -6,23 +6,18 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
-
-ModelFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+from torch import Tensor
 
 
-def _check_scale(scale: float) -> float:
+def check_guidance_scale(scale: float, conditional: bool = True) -> float:
+    """``scale`` as a float: finite, >= 0, and 1 (no guidance) unless the model is class-conditional."""
     scale = float(scale)
     if not math.isfinite(scale) or scale < 0:
-        raise ValueError(
-            f"Guidance scale must be a finite number >= 0 (1 = no guidance), got {scale}."
-        )
+        raise ValueError(f"guidance_scale={scale}: must be a finite number >= 0 (1 = no guidance)")
+    if scale != 1.0 and not conditional:
+        raise ValueError(f"guidance_scale={scale} needs class labels, but the model is unconditional: "
+                         "use guidance_scale=1.0 or train with model.num_classes")
     return scale
-
-
-def apply_cfg(cond_out: Tensor, uncond_out: Tensor, scale: float) -> Tensor:
-    """Guided prediction uncond + scale * (cond - uncond)."""
-    return uncond_out + _check_scale(scale) * (cond_out - uncond_out)
 
 
 def drop_labels(
@@ -38,35 +33,21 @@ def drop_labels(
     return torch.where(drop, torch.full_like(labels, null_label), labels)
 
 
-def guided_model_fn(
-    model: nn.Module | ModelFn, labels: Tensor, null_label: int, scale: float
-) -> ModelFn:
-    """Wrap ``model(x, t, labels)`` into a guided ``fn(x, t, labels=None)``.
+def guided(fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], labels: Tensor | None,
+           null_label: int | None, scale: float) -> Tensor:
+    """``fn(*inputs, labels)`` with classifier-free guidance: ``uncond + scale * (cond - uncond)``.
 
-    Conditional and unconditional passes share one batched forward.  ``scale == 1`` runs
-    only the conditional pass and ``scale == 0`` only the unconditional one.  Labels given
-    at call time (e.g. by ``sample_latents``) take precedence over the bound ``labels``.
+    The conditional and unconditional (``null_label``) predictions share one batched call, every input
+    batched along dim 0. ``scale == 1`` runs only the conditional call, ``scale == 0`` only the
+    unconditional one; without ``labels`` (an unconditional model) the scale must be 1.
     """
-    scale = _check_scale(scale)
-    if labels is None:
-        raise ValueError("Classifier-free guidance needs class labels; pass a LongTensor[B].")
-
-    def fn(x: Tensor, t: Tensor, call_labels: Tensor | None = None) -> Tensor:
-        y = (call_labels if call_labels is not None else labels).to(x.device)
-        if y.shape != (x.shape[0],):
-            raise ValueError(
-                f"labels must have shape ({x.shape[0]},) to match the batch, got {tuple(y.shape)}."
-            )
-        null = torch.full_like(y, null_label)
-        if scale == 1.0:
-            return model(x, t, y)
-        if scale == 0.0:
-            return model(x, t, null)
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = out.chunk(2)
-        return uncond + scale * (cond - uncond)
-
-    return fn
+    scale = check_guidance_scale(scale, conditional=labels is not None)
+    if scale == 1.0:
+        return fn(*inputs, labels)
+    if null_label is None:
+        raise ValueError(f"guidance_scale={scale} needs null_label (the unconditional class id)")
+    null = torch.full_like(labels, null_label)
+    if scale == 0.0:
+        return fn(*inputs, null)
+    cond, uncond = fn(*(torch.cat([x, x]) for x in inputs), torch.cat([labels, null])).float().chunk(2)
+    return uncond + scale * (cond - uncond)

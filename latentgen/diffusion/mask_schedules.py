@@ -1,8 +1,8 @@
-"""Mask-ratio schedules ``gamma(r)`` shared by the discrete diffusion processes.
+"""Schedules ``gamma(r)`` shared by the discrete diffusion processes.
 
-``r`` in ``[0, 1]`` is the fraction of decoding progress and ``gamma(r)`` the fraction of
-tokens that are still masked / corrupted. Every schedule satisfies ``gamma(0) = 1``,
-``gamma(1) = 0`` and is monotone non-increasing in between.
+Every schedule satisfies ``gamma(0) = 1``, ``gamma(1) = 0`` and is monotone non-increasing in
+between. Absorbing diffusion masks a fraction ``gamma(r)`` of the tokens at decoding progress
+``r``; uniform diffusion keeps each token with probability ``gamma(t)`` at noise time ``t``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["SCHEDULES", "check_schedule", "mask_ratio"]
+__all__ = ["SCHEDULES", "check_schedule", "gamma"]
 
 R = TypeVar("R", Tensor, float)
 
@@ -42,11 +42,11 @@ def check_schedule(name: str) -> str:
     return name
 
 
-def mask_ratio(name: str, r: R) -> R:
-    """Masked fraction ``gamma(r)`` of schedule ``name`` at decoding progress ``r``.
+def gamma(name: str, r: R) -> R:
+    """``gamma(r)`` of schedule ``name``.
 
     ``r`` is clamped to ``[0, 1]``; the endpoints are exact (``gamma(0) = 1``,
-    ``gamma(1) = 0``) so that no floating-point residue leaves a token masked.
+    ``gamma(1) = 0``) so that no floating-point residue leaves a token masked or noised.
     Tensors are evaluated element-wise and keep their (floating) dtype.
     """
     check_schedule(name)

@@ -34,12 +34,7 @@ def sample_latents(
         device = labels.device if labels is not None else torch.device("cpu")
     device = torch.device(device)
     batch = int(shape[0])
-    if labels is not None:
-        if labels.shape != (batch,):
-            raise ValueError(
-                f"labels must have shape ({batch},) to match shape[0], got {tuple(labels.shape)}."
-            )
-        labels = labels.to(device)
+    labels = labels.to(device) if labels is not None else None  # the net checks them
 
     scheduler.set_timesteps(num_inference_steps)
     noise_device = generator.device if generator is not None else device

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from latentgen.diffusion.schedules import NoiseSchedule
+from latentgen.diffusion.schedules import VarianceSchedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -38,7 +38,8 @@ def _randn_like(sample: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 class NoiseScheduler:
-    """Shared forward-process maths and parameterisation conversions."""
+    """Base of the samplers (DDPM, DDIM) over a ``VarianceSchedule``: forward-process maths, reverse
+    steps and parameterisation conversions."""
 
     def __init__(
         self,
@@ -54,14 +55,14 @@ class NoiseScheduler:
             )
         if clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}.")
-        self.schedule = NoiseSchedule(beta_schedule, num_train_timesteps)
+        tables = VarianceSchedule(beta_schedule, num_train_timesteps)
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
         self.prediction_type = prediction_type
         self.clip_sample = clip_sample
         self.clip_sample_range = float(clip_sample_range)
-        self.betas = self.schedule.betas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self.betas = tables.betas
+        self.alphas_cumprod = tables.alphas_cumprod
         self.num_inference_steps: int = num_train_timesteps
         self.timesteps: Tensor = torch.empty(0, dtype=torch.long)
         self._prev: dict[int, int] = {}
@@ -180,9 +181,6 @@ class NoiseScheduler:
     ) -> StepOutput:
         """Map x_t to x_{prev}; implemented by subclasses."""
         raise NotImplementedError
-
-    def __len__(self) -> int:
-        return self.num_train_timesteps
 
     def __repr__(self) -> str:
         return (

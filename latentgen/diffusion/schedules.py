@@ -1,4 +1,4 @@
-"""Variance (beta) schedules for Gaussian diffusion."""
+"""Variance (beta) schedules for Gaussian diffusion: the tables behind the noise schedulers."""
 
 from __future__ import annotations
 
@@ -46,28 +46,17 @@ def make_betas(name: str, num_timesteps: int) -> Tensor:
     return betas
 
 
-class NoiseSchedule:
-    """Precomputed float64 tables of a schedule: betas, alphas and cumulative alphas (abar)."""
+class VarianceSchedule:
+    """The tables of a variance schedule (float64): betas and cumulative alphas (abar).
+
+    The noise schedulers of :mod:`latentgen.diffusion.schedulers` sample with these tables.
+    """
 
     def __init__(self, name: str = "linear", num_timesteps: int = 1000) -> None:
         self.name = name
         self.num_timesteps = num_timesteps
         self.betas: Tensor = make_betas(name, num_timesteps)
-        self.alphas: Tensor = 1.0 - self.betas
-        self.alphas_cumprod: Tensor = torch.cumprod(self.alphas, dim=0)
-
-    def __len__(self) -> int:
-        return self.num_timesteps
-
-    def snr(self, t: Tensor | int) -> Tensor:
-        """Signal-to-noise ratio abar_t / (1 - abar_t) at integer timestep(s) ``t`` (float64)."""
-        index = torch.as_tensor(t, dtype=torch.long)
-        if bool(((index < 0) | (index >= self.num_timesteps)).any()):
-            raise ValueError(
-                f"Timesteps must lie in [0, {self.num_timesteps - 1}], got {index.tolist()}."
-            )
-        abar = self.alphas_cumprod.to(index.device)[index]
-        return abar / (1.0 - abar)
+        self.alphas_cumprod: Tensor = torch.cumprod(1.0 - self.betas, dim=0)
 
     def __repr__(self) -> str:
-        return f"NoiseSchedule(name={self.name!r}, num_timesteps={self.num_timesteps})"
+        return f"VarianceSchedule(name={self.name!r}, num_timesteps={self.num_timesteps})"

@@ -10,7 +10,8 @@ An evaluation config has a ``classifier`` node::
       auto_train: true     # train it now (under the artefact lock) if no stored one matches
 
 Without ``ckpt_path`` the classifier experiment is composed and hashed like stage 1 (model, data
-identity, training budget, seed) and looked up in ``paths.artifact_dir/classifier/<hash>``.
+identity, training budget, seed) and looked up in ``paths.artifact_dir/classifier/<hash>``; a missing
+one is trained in a child process (``python -m latentgen.train +experiment=classifier_...``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from omegaconf import DictConfig
 
 from latentgen.metrics.features import LeNetFeatureExtractor
 from latentgen.stages.artifacts import sha256_file
-from latentgen.stages.stage1 import compose_experiment, find_or_train
+from latentgen.stages.identity import ArtifactKind
+from latentgen.stages.stage1 import compose_experiment, find_or_train, store_instructions
 from latentgen.utils.pylogger import RankedLogger
 from latentgen.utils.resolvers import CONF_DIR
 
 log = RankedLogger(__name__)
 
-KIND = "classifier"
+CLASSIFIER = ArtifactKind("classifier", "classifier", "classifier", ("num_classes",))
+KIND = CLASSIFIER.kind
 
 
 @dataclass
@@ -70,11 +73,6 @@ def classifier_overrides(spec: DictConfig, experiment: str) -> list[str]:
     return overrides
 
 
-def train_command(spec: DictConfig, experiment: str) -> str:
-    return "python -m latentgen.train " + " ".join(
-        o for o in classifier_overrides(spec, experiment) if not o.startswith("logger="))
-
-
 def resolve_classifier(spec: DictConfig, paths: DictConfig, dataset: str,
                        device: str | torch.device = "cpu") -> ResolvedClassifier:
     """The classifier for images of ``dataset``: ``spec.ckpt_path``, a stored artefact, or trained now."""
@@ -84,18 +82,21 @@ def resolve_classifier(spec: DictConfig, paths: DictConfig, dataset: str,
         return ResolvedClassifier(LeNetFeatureExtractor(path, map_location=device), path, sha256_file(path))
 
     experiment = spec.get("experiment") or default_experiment(dataset)
-    run_cfg = compose_experiment(classifier_overrides(spec, experiment), paths)
+    overrides = classifier_overrides(spec, experiment)
+    run_cfg = compose_experiment(overrides, paths)
     if run_cfg.get("stage") != "classifier":
         raise ValueError(f"classifier.experiment={experiment} trains a {run_cfg.get('stage')!r} stage, not a "
                          "classifier: pick a classifier_* experiment")
 
     def missing(key: str, folder: Path) -> str:
+        shown = [o for o in overrides if not o.startswith("logger=")]
+        how = store_instructions(shown, paths.artifact_dir, bool(run_cfg.trainer.get("fast_dev_run")))
         return (f"No trained classifier matches classifier.experiment={experiment} (hash {key}) under {folder}, "
-                f"and classifier.auto_train=false. Train it with:\n  {train_command(spec, experiment)}\n"
-                "and pass classifier.ckpt_path=<that run dir>/checkpoints/last.ckpt, or rerun with "
-                "classifier.auto_train=true to train and store it now (later evaluations reuse it).")
+                f"and classifier.auto_train=false. {how}Or pass classifier.ckpt_path=<a run dir>/checkpoints/"
+                "last.ckpt, or rerun with classifier.auto_train=true to train and store it now (later "
+                "evaluations reuse it).")
 
-    path, key = find_or_train(run_cfg, paths.artifact_dir, KIND, "classifier", bool(spec.get("auto_train", True)),
-                              missing, extra_meta=lambda model: {"num_classes": model.num_classes})
+    path, key = find_or_train(run_cfg, paths.artifact_dir, CLASSIFIER, bool(spec.get("auto_train", True)), missing,
+                              overrides)
     extractor = LeNetFeatureExtractor(path, map_location=device)
     return ResolvedClassifier(extractor, path, sha256_file(path), experiment, key)

@@ -10,6 +10,7 @@ from torch import nn
 
 from latentgen.models.classifier import Classifier
 from latentgen.nets.lenet import LeNet
+from latentgen.utils.checkpoint_io import load_checkpoint
 
 TRAIN_HINT = "train one with `python -m latentgen.train +experiment=classifier_mnist`"
 
@@ -20,8 +21,9 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"classifier checkpoint {path} does not exist: {TRAIN_HINT} "
                                 "and pass <run dir>/checkpoints/last.ckpt")
+    load_checkpoint(path, purpose="load the LeNet classifier")  # refuses unsafe or damaged files
     try:
-        model = Classifier.load_from_checkpoint(path, map_location=map_location)
+        model = Classifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     except (KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path} is not a latentgen Classifier checkpoint ({type(err).__name__}: "
                          f"{err}); {TRAIN_HINT}") from err

@@ -4,7 +4,7 @@ A new prior is evaluated like the others once it is registered::
 
     @register(MyPrior)
     def _my_prior(model):
-        return EvalSpec(family="my_prior", label="My prior", step_option="num_steps")
+        return EvalSpec(family="my_prior", label="My prior", step_option="num_inference_steps")
 
 ``family`` names its list of step counts in ``conf/compare.yaml`` (``steps.<family>``);
 ``step_option`` is the sampling option that sets the number of sampling steps (None: no sweep);
@@ -92,5 +92,5 @@ def _ldm(model: nn.Module) -> EvalSpec:
 @register(DiscreteDiffusionPrior)
 def _discrete(model: nn.Module) -> EvalSpec:
     if model.process_name == "absorbing":
-        return EvalSpec("maskgit", "MaskGIT", step_option="num_steps", sampler="maskgit")
-    return EvalSpec("dd_uniform", "Uniform discrete diffusion", step_option="num_steps", sampler="uniform")
+        return EvalSpec("maskgit", "MaskGIT", step_option="num_inference_steps", sampler="maskgit")
+    return EvalSpec("dd_uniform", "Uniform discrete diffusion", step_option="num_inference_steps", sampler="uniform")

@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from latentgen.models.prior_base import PriorModule
 from latentgen.stages.checkpoints import checkpoint_class
+from latentgen.utils.checkpoint_io import load_checkpoint
 from latentgen.utils.pylogger import RankedLogger
 
 log = RankedLogger(__name__)
@@ -28,7 +27,7 @@ class PriorCheckpoint:
 def read_prior(path: Path, logs_dir: Path) -> PriorCheckpoint | None:
     """The checkpoint's prior class and stage-1 SHA-256, or None if it is not a latentgen prior."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = load_checkpoint(path, purpose="compare priors", mmap=True)
         cls = checkpoint_class(ckpt, path)
     except Exception as e:  # unreadable, or not written by latentgen
         log.info(f"Skipping {path}: {e}")

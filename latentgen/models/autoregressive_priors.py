@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from latentgen.models.prior_base import PriorModule
 from latentgen.nets.pixelcnn import GatedPixelCNN
-from latentgen.nets.transformer import GPTPrior
+from latentgen.nets.transformer import CausalTransformer
 from latentgen.sampling.autoregressive import sample_gpt, sample_pixelcnn
 
 
@@ -39,8 +39,7 @@ class ARTokenPrior(PriorModule):
         tokens, labels = batch
         if tokens.shape[-2:] != self.grid_shape:
             raise ValueError(f"token grids are {tuple(tokens.shape[-2:])} but the prior was built for {self.grid_shape}")
-        labels = labels if self.num_classes is not None else None
-        loss = F.cross_entropy(self.logits(tokens, labels), tokens)  # mean nats per token
+        loss = F.cross_entropy(self.logits(tokens, self.net_labels(labels, split)), tokens)  # mean nats per token
         n_tok = self.grid_shape[0] * self.grid_shape[1]
         on_step = split == "train"
         self.log_dict({f"{split}/loss": loss, f"{split}/nll": loss * n_tok, f"{split}/bits_per_token": loss / math.log(2)},
@@ -75,7 +74,7 @@ class ARTokenPrior(PriorModule):
         """Rows: reconstruction of the real grid, then its completion from the top rows."""
         h, w = self.grid_shape
         n_prefix = max(1, round(h * self.prefix_fraction)) * w
-        labels = labels if self.num_classes is not None else None
+        labels = self.net_labels(labels, "val")
         gen = torch.Generator(device=self.device).manual_seed(1)
         completed = self.complete(tokens, labels, n_prefix, generator=gen, **self.sampling)
         recon, comp = self.decode_samples(tokens), self.decode_samples(completed)
@@ -88,15 +87,15 @@ class PixelCNNPrior(ARTokenPrior):
 
     def __init__(self, num_tokens: int | None = None, grid_shape=None, num_classes: int | None = None,
                  hidden_channels: int = 64, num_layers: int = 8, kernel_size: int = 5,
-                 lr: float = 1e-3, weight_decay: float = 0.0, betas=(0.9, 0.999), warmup_steps: int = 0,
-                 lr_schedule: str = "cosine", temperature: float = 1.0, top_k: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, prefix_fraction: float = 0.5, sample_every_n_epochs: int = 1,
-                 num_sample_images: int = 64, stage1_hparams=None, stage1_info=None) -> None:
+                 num_sample_images: int = 64, stage1_hparams=None, stage1_info=None,
+                 optimizer: dict | None = None, scheduler: dict | None = None, **old) -> None:
         super().__init__(num_tokens, grid_shape, temperature, top_k, top_p, prefix_fraction,
                          stage1_hparams=stage1_hparams, stage1_info=stage1_info, num_classes=num_classes,
                          sample_every_n_epochs=sample_every_n_epochs, num_sample_images=num_sample_images)
         self.save_hyperparameters()
-        self.set_optim(lr, weight_decay, betas, warmup_steps, lr_schedule)
+        self.set_optim(optimizer, scheduler, old)
         self.net = GatedPixelCNN(self.num_tokens, num_classes, hidden_channels, num_layers, kernel_size)
 
     def logits(self, tokens, labels):
@@ -113,19 +112,19 @@ class TransformerPrior(ARTokenPrior):
 
     def __init__(self, num_tokens: int | None = None, grid_shape=None, num_classes: int | None = None,
                  d_model: int = 256, n_layers: int = 6, n_heads: int = 8, dropout: float = 0.1,
-                 lr: float = 5e-4, weight_decay: float = 0.01, betas=(0.9, 0.95), warmup_steps: int = 200,
-                 lr_schedule: str = "cosine", temperature: float = 1.0, top_k: int | None = None,
+                 temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True, prefix_fraction: float = 0.5,
                  sample_every_n_epochs: int = 1, num_sample_images: int = 64,
-                 stage1_hparams=None, stage1_info=None) -> None:
+                 stage1_hparams=None, stage1_info=None,
+                 optimizer: dict | None = None, scheduler: dict | None = None, **old) -> None:
         super().__init__(num_tokens, grid_shape, temperature, top_k, top_p, prefix_fraction,
                          stage1_hparams=stage1_hparams, stage1_info=stage1_info, num_classes=num_classes,
                          sample_every_n_epochs=sample_every_n_epochs, num_sample_images=num_sample_images)
         self.save_hyperparameters()
-        self.set_optim(lr, weight_decay, betas, warmup_steps, lr_schedule)
+        self.set_optim(optimizer, scheduler, old)
         self.use_cache = use_cache
         seq_len = self.grid_shape[0] * self.grid_shape[1]
-        self.net = GPTPrior(self.num_tokens, seq_len, num_classes, d_model, n_layers, n_heads, dropout)
+        self.net = CausalTransformer(self.num_tokens, seq_len, num_classes, d_model, n_layers, n_heads, dropout)
 
     def logits(self, tokens, labels):
         b, h, w = tokens.shape

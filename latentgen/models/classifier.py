@@ -32,18 +32,14 @@ class Classifier(LatentGenModule):
         batch_norm: bool = True,
         shift: int = 2,
         label_smoothing: float = 0.0,
-        lr: float = 2e-3,
-        weight_decay: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        lr_schedule: str = "cosine",
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        **old,
     ) -> None:
         super().__init__()
-        channels, betas = [int(c) for c in channels], [float(b) for b in betas]
+        channels = [int(c) for c in channels]
         self.save_hyperparameters()
-        # plain lists, so checkpoints load with torch.load(weights_only=True) (no OmegaConf types)
-        self.hparams.update(channels=channels, betas=betas)
-        self.set_optim(lr, weight_decay, betas, warmup_steps, lr_schedule)
+        self.set_optim(optimizer, scheduler, old)
         if shift < 0 or shift >= image_size // 2:
             raise ValueError(f"shift={shift}: use 0 (off) to a few pixels, e.g. model.shift=2")
         if not 0.0 <= label_smoothing < 1.0:

@@ -12,7 +12,7 @@ import copy
 import numpy as np
 import torch
 
-from latentgen.diffusion.guidance import drop_labels, guided_model_fn
+from latentgen.diffusion.guidance import check_guidance_scale, guided
 from latentgen.diffusion.losses import diffusion_loss, min_snr_weight
 from latentgen.diffusion.pipeline import sample_latents
 from latentgen.diffusion.schedulers import DDIMScheduler, DDPMScheduler, NoiseScheduler
@@ -46,24 +46,23 @@ class LatentDiffusion(PriorModule):
         eta: float = 0.0,
         guidance_scale: float = 1.0,
         clip_latents: float | None = None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        betas=(0.9, 0.999),
-        warmup_steps: int = 200,
-        lr_schedule: str = "cosine",
         sample_every_n_epochs: int = 1,
         num_sample_images: int = 64,
         stage1_hparams=None,
         stage1_info=None,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        **old,
     ) -> None:
         super().__init__(stage1_hparams=stage1_hparams, stage1_info=stage1_info, num_classes=num_classes,
                          sample_every_n_epochs=sample_every_n_epochs, num_sample_images=num_sample_images)
         self.save_hyperparameters()
-        self.set_optim(lr, weight_decay, betas, warmup_steps, lr_schedule)
+        self.set_optim(optimizer, scheduler, old)
         if latent not in ("pre", "post"):
             raise ValueError(f"latent={latent!r}: diffuse the 'pre' (encoder output) or 'post' (codebook) latents")
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
+        check_guidance_scale(guidance_scale, conditional=num_classes is not None)
         if latent_channels is None or grid_shape is None:
             raise ValueError("latent_channels/grid_shape are unset: build the model through the stage builder "
                              "(it fills them from stage 1) or set model.latent_channels and model.grid_shape")
@@ -118,10 +117,7 @@ class LatentDiffusion(PriorModule):
         t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
-        y = None
-        if self.num_classes is not None:
-            y = drop_labels(labels, self.net.null_label, self.cond_drop_prob) if split == "train" else labels
-        out = self.net(x_t, t, y)
+        out = self.net(x_t, t, self.net_labels(labels, split))
         target = self.noise_scheduler.training_target(x0, noise, t)
         weights = None
         if self.min_snr_gamma:
@@ -158,10 +154,10 @@ class LatentDiffusion(PriorModule):
                                     if v is not None}}
         net = self.ema_net if use_ema else self.net
         scheduler = self.make_scheduler(opts["sampler"], opts["eta"])
-        if labels is not None:
-            model_fn = guided_model_fn(net, labels, self.net.null_label, opts["guidance_scale"])
-        else:
-            model_fn = net
+
+        def model_fn(x, t, y):
+            return guided(net, (x, t), y, net.null_label, opts["guidance_scale"])
+
         shape = (n, self.latent_channels, *self.grid_shape)
         x = sample_latents(model_fn, scheduler, shape, opts["num_inference_steps"], labels=labels,
                            generator=generator, device=self.device, progress=progress)

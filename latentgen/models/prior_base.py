@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 
+from latentgen.diffusion.guidance import drop_labels
 from latentgen.models.base import LatentGenModule
 from latentgen.models.vqvae import VQVAE
+from latentgen.nets.checks import check_labels
 
 
 class PriorModule(LatentGenModule):
@@ -50,10 +52,6 @@ class PriorModule(LatentGenModule):
             self.stage1.eval()  # frozen stage 1 always in eval mode
         return self
 
-    def trainable_parameters(self):
-        skip = {id(p) for p in self.stage1.parameters()} if self.stage1 is not None else set()
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in skip]
-
     def _require_stage1(self) -> VQVAE:
         if self.stage1 is None:
             raise RuntimeError("no stage 1 attached: load the prior from a latentgen checkpoint")
@@ -63,21 +61,24 @@ class PriorModule(LatentGenModule):
         """Token grids -> images through stage 1 (continuous priors override this)."""
         return self._require_stage1().decode_code(samples)
 
+    def net_labels(self, labels: torch.Tensor, split: str) -> torch.Tensor | None:
+        """The class labels of a batch as the net sees them: none for an unconditional prior; in training,
+        each replaced by the null class with probability ``cond_drop_prob`` (classifier-free guidance)."""
+        if self.num_classes is None:
+            return None
+        drop = getattr(self, "cond_drop_prob", 0.0) if split == "train" else 0.0
+        return drop_labels(labels, self.net.null_label, drop) if drop else labels
+
     # -- sampling ---------------------------------------------------------------------------------
     def labels_for(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor | None:
-        """Labels for ``n`` samples: given ones, or each class in turn for a conditional prior."""
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("this prior is unconditional: drop the class labels or train with model.num_classes")
-            return None
-        if labels is None:
+        """Labels for ``n`` samples: given ones (one id for all, or one each), or each class in turn."""
+        if labels is None and self.num_classes is not None:
             labels = torch.arange(n) % self.num_classes
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        if labels.numel() == 1:
-            labels = labels.expand(n).clone()
-        if labels.numel() != n or int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
-            raise ValueError(f"labels must be {n} class ids in [0, {self.num_classes}), got {labels.tolist()}")
-        return labels.to(self.device)
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+            labels = labels.expand(n).clone() if labels.numel() == 1 else labels
+        check_labels(labels, n, self.num_classes)
+        return None if labels is None else labels.to(self.device)
 
     def sample_latents(self, n: int, labels: torch.Tensor | None = None,
                        generator: torch.Generator | None = None, **kwargs) -> torch.Tensor:

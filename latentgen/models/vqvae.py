@@ -30,16 +30,14 @@ class VQVAE(LatentGenModule):
         ema_decay: float = 0.99,
         dead_code_threshold: float = 1.0,
         kmeans_init: bool = False,
-        lr: float = 2e-3,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        lr_schedule: str = "cosine",
         num_log_images: int = 32,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        **old,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.set_optim(lr, weight_decay, betas, warmup_steps, lr_schedule)
+        self.set_optim(optimizer, scheduler, old)
         net = dict(base_channels=base_channels, hidden_channels=hidden_channels, res_channels=res_channels,
                    num_res_blocks=num_res_blocks, latent_dim=latent_dim, downsample=downsample)
         self.encoder = Encoder(in_channels, **net)

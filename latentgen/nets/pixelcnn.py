@@ -133,15 +133,7 @@ class GatedPixelCNN(nn.Module):
             )
         if check_range:
             check_id_range("tokens", tokens, self.num_tokens, "check num_tokens matches the codebook")
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("labels were given but num_classes is None; pass labels=None")
-            return
-        if labels is None:
-            raise ValueError(
-                f"labels are required since num_classes={self.num_classes}; pass a LongTensor [B]"
-            )
-        check_labels(labels, tokens.shape[0], self.num_classes, "check num_classes", check_range)
+        check_labels(labels, tokens.shape[0], self.num_classes, check_range=check_range)
 
     def forward(
         self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *, check_range: bool = True

@@ -1,6 +1,6 @@
-"""Transformer priors over flattened token grids.
+"""Transformer nets over flattened token grids.
 
-``GPTPrior`` is a causal decoder with a KV cache for incremental decoding;
+``CausalTransformer`` is a GPT-style decoder with a KV cache for incremental decoding;
 ``BidirectionalTransformer`` is a non-causal encoder for masked-token
 modelling (MaskGIT-style) with a null class for classifier-free guidance.
 """
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from latentgen.nets.checks import check_id_range, check_labels
 
-__all__ = ["MLP", "SelfAttention", "Block", "KVCache", "GPTPrior", "BidirectionalTransformer"]
+__all__ = ["MLP", "SelfAttention", "Block", "KVCache", "CausalTransformer", "BidirectionalTransformer"]
 
 
 LayerCache = tuple[Tensor, Tensor, int]  # (keys, values, write position) of one layer
@@ -117,7 +117,7 @@ def _init_weights(module: nn.Module) -> None:
 _CODEBOOK_FIX = "check num_tokens matches the codebook"
 
 
-class _TransformerPrior(nn.Module):
+class _TokenTransformer(nn.Module):
     """Shared parts: token/positional embeddings, blocks, final norm and logit head."""
 
     def __init__(
@@ -172,8 +172,8 @@ class _TransformerPrior(nn.Module):
         return self.head(self.ln_f(x))
 
 
-class GPTPrior(_TransformerPrior):
-    """Causal transformer prior; the sequence is ``[start] + tokens``.
+class CausalTransformer(_TokenTransformer):
+    """GPT-style causal transformer; the sequence is ``[start] + tokens``.
 
     The start token is a learned per-class embedding when ``num_classes`` is
     set, otherwise a single learned embedding. ``forward(tokens)[:, i]``
@@ -196,15 +196,9 @@ class GPTPrior(_TransformerPrior):
 
     def _start(self, batch_size: int, labels: Tensor | None, check_range: bool = True) -> Tensor:
         """Start-token embeddings [B, 1, D] for ``labels``."""
+        check_labels(labels, batch_size, self.num_classes, check_range=check_range)
         if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("labels were given but num_classes is None; pass labels=None")
             return self.start_emb.weight[:1].expand(batch_size, 1, -1)
-        if labels is None:
-            raise ValueError(
-                f"labels are required since num_classes={self.num_classes}; pass a LongTensor [B]"
-            )
-        check_labels(labels, batch_size, self.num_classes, "check num_classes", check_range)
         return self.start_emb(labels)[:, None]
 
     def forward(self, tokens: Tensor, labels: Tensor | None = None, *, check_range: bool = True) -> Tensor:
@@ -263,7 +257,7 @@ class GPTPrior(_TransformerPrior):
         return self._head(x[:, -1])
 
 
-class BidirectionalTransformer(_TransformerPrior):
+class BidirectionalTransformer(_TokenTransformer):
     """Non-causal transformer over token sequences with an optional ``[MASK]`` token.
 
     The input vocabulary is the codebook plus, if ``use_mask_token``, the id
@@ -309,13 +303,11 @@ class BidirectionalTransformer(_TransformerPrior):
             fix = "build the net with use_mask_token=True to feed [MASK] tokens"
         x = self._embed(tokens, 1, fix)
         b, n = tokens.shape
+        check_labels(labels, b, self.num_classes, null_ok=True)
         if self.cls_emb is not None:
             if labels is None:
                 labels = torch.full((b,), self.num_classes, dtype=torch.long, device=tokens.device)
-            check_labels(labels, b, self.num_classes + 1, "use null_label for no class")
             x = torch.cat([self.cls_emb(labels)[:, None], x], dim=1)
-        elif labels is not None:
-            raise ValueError("labels were given but num_classes is None; pass labels=None")
         x = self.drop(x + self.pos_emb[:, : x.shape[1]])
         for block in self.blocks:
             x = block(x)

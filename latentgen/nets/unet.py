@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentgen.nets.checks import check_labels
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels), channels)
@@ -162,10 +164,8 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].bias)
 
     @property
-    def null_label(self) -> int:
-        """Class id of the unconditional (dropped) label."""
-        if self.num_classes is None:
-            raise ValueError("This UNet is unconditional (num_classes=None); it has no null label.")
+    def null_label(self) -> int | None:
+        """Class id of the unconditional (dropped) label, or None for an unconditional net."""
         return self.num_classes
 
     def _embed(
@@ -177,9 +177,8 @@ class UNet(nn.Module):
         if t.shape != (batch,):
             raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}.")
         emb = self.time_mlp(timestep_embedding(t, self.base_channels))
+        check_labels(labels, batch, self.num_classes, null_ok=True, check_range=False)
         if self.class_emb is None:
-            if labels is not None:
-                raise ValueError("labels were given but the UNet was built with num_classes=None.")
             return emb
         if labels is None:
             labels = torch.full((batch,), self.null_label, dtype=torch.long, device=device)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from latentgen.nets.checks import check_labels
 from latentgen.nets.pixelcnn import GatedPixelCNN
-from latentgen.nets.transformer import GPTPrior
+from latentgen.nets.transformer import CausalTransformer
 
 __all__ = ["filter_logits", "sample_from_logits", "sample_gpt", "sample_pixelcnn"]
 
@@ -84,21 +85,10 @@ def _prepare_labels(
     num_classes: int | None,
     device: torch.device,
 ) -> torch.Tensor | None:
-    if labels is None:
-        if num_classes is not None:
-            raise ValueError(
-                f"the net is class-conditional (num_classes={num_classes}); pass labels"
-            )
-        return None
-    if num_classes is None:
-        raise ValueError("labels were given but the net is unconditional; pass labels=None")
     if isinstance(labels, int):
-        return torch.full((num_samples,), labels, dtype=torch.long, device=device)
-    if labels.shape != (num_samples,):
-        raise ValueError(
-            f"labels must have shape [{num_samples}] (one per sample), got {tuple(labels.shape)}"
-        )
-    return labels.to(device=device, dtype=torch.long)
+        labels = torch.full((num_samples,), labels, dtype=torch.long)
+    check_labels(labels, num_samples, num_classes, check_range=False)  # the net checks the ids once
+    return None if labels is None else labels.to(device=device, dtype=torch.long)
 
 
 def _prepare_prefix(
@@ -121,7 +111,7 @@ def _prepare_prefix(
 
 @torch.no_grad()
 def sample_gpt(
-    net: GPTPrior,
+    net: CausalTransformer,
     num_samples: int,
     labels: torch.Tensor | int | None = None,
     temperature: float = 1.0,
@@ -132,7 +122,7 @@ def sample_gpt(
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Sample token sequences [num_samples, seq_len] from a ``GPTPrior``.
+    """Sample token sequences [num_samples, seq_len] from a ``CausalTransformer``.
 
     The first ``N`` tokens are copied from ``prefix`` [num_samples, N]; the
     rest are generated. With ``use_cache`` the KV cache is used, otherwise the

@@ -10,13 +10,15 @@ from tqdm.auto import tqdm
 
 from latentgen.models.prior_base import PriorModule
 from latentgen.stages.checkpoints import load_model
+from latentgen.utils.checkpoint_io import CheckpointError
 
 
 def load_prior(ckpt: str, device: str | torch.device = "cpu") -> PriorModule:
-    model = load_model(ckpt, map_location=device)
+    model = load_model(ckpt, map_location=device, purpose="sample")
     if not isinstance(model, PriorModule):
-        raise ValueError(f"{ckpt} holds a {type(model).__name__}, not a stage-2 prior: sampling needs the "
-                         "checkpoint of a PixelCNN, transformer, latent DDPM or discrete diffusion run")
+        raise CheckpointError(ckpt, f"holds a {type(model).__name__}, not a stage-2 prior",
+                              "sampling needs the checkpoint of a PixelCNN, transformer, latent DDPM or "
+                              "discrete diffusion run")
     return model.to(device).eval()
 
 

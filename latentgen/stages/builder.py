@@ -1,8 +1,9 @@
-"""Build the datamodule and LightningModule of the stage a config describes.
+"""Build the datamodule and LightningModule of the stage a config describes, from the config and the
+artefacts resolved for it beforehand (:func:`latentgen.stages.resolver.resolve_dependencies`).
 
 Stage 1 (no ``stage1`` node): instantiate ``cfg.data`` and ``cfg.model``. A prior (``stage1`` node):
-resolve the frozen stage 1, build/reuse the latent cache of its data, check the prior's expectations
-against stage 1, and hand both to the prior.
+the latent datamodule of the resolved latent cache, the prior's expectations checked against the
+resolved stage 1, and both handed to the prior. Nothing here trains, encodes or reads the store.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from latentgen.stages.latent_cache import build_latent_cache
 from latentgen.stages.latent_data import LatentDataModule
-from latentgen.stages.stage1 import Stage1, resolve_stage1
+from latentgen.stages.resolver import ResolvedArtifacts
+from latentgen.stages.stage1 import Stage1
 
 
 def check_prior_matches_stage1(model_cfg: DictConfig, stage1: Stage1, grid_shape: tuple[int, int]) -> dict:
@@ -38,15 +39,12 @@ def check_prior_matches_stage1(model_cfg: DictConfig, stage1: Stage1, grid_shape
     return filled
 
 
-def build_stage(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+def build_stage(cfg: DictConfig, resolved: ResolvedArtifacts) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+    """Datamodule and model of ``cfg`` from what ``resolve_dependencies(cfg)`` returned."""
     if not cfg.get("stage1"):
         return hydra.utils.instantiate(cfg.data), hydra.utils.instantiate(cfg.model, _convert_="all")
 
-    stage1 = resolve_stage1(cfg)
-    cache_cfg = cfg.get("latent_cache") or {}
-    cache_dir = build_latent_cache(stage1, stage1.config.data, cfg.paths.artifact_dir,
-                                   batch_size=cache_cfg.get("batch_size", 1000),
-                                   max_items=cache_cfg.get("max_items"))
+    stage1, cache_dir = resolved.stage1, resolved.cache_dir
     datamodule: LatentDataModule = hydra.utils.instantiate(cfg.data, cache_dir=str(cache_dir))
     datamodule.setup()
     grid = tuple(datamodule.datasets["train"].x.shape[-2:])

@@ -10,7 +10,9 @@ looked up from the codebook instead of being stored twice. Files are read memory
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import hydra
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -66,33 +68,32 @@ def _encode_split(stage1: Stage1, datamodule: pl.LightningDataModule, split: str
 def build_latent_cache(stage1: Stage1, data_cfg: DictConfig, artifact_dir: str | Path,
                        batch_size: int = 1000, max_items: int | None = None,
                        device: str | torch.device | None = None) -> Path:
-    """Encode every split once (exactly once across concurrent processes); returns the cache dir."""
-    import hydra
+    """Encode every split once (exactly once across concurrent processes); returns the cache dir.
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    A stored cache is reused only if it is complete and its float latents are finite; a cache whose
+    latents are not finite is never stored.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     store = ArtifactStore(artifact_dir)
     key = cache_key(stage1, data_cfg, max_items)
-    with store.lock(KIND, key, f"latent cache {key}"):
-        if store.meta(KIND, key) is not None:
-            log.info(f"Reusing latent cache {store.path(KIND, key)}")
-            return store.path(KIND, key)
+
+    def encode(staging: Path) -> dict[str, Any]:
         datamodule = hydra.utils.instantiate(data_cfg)
         datamodule.prepare_data()
         datamodule.setup("fit")
-        staging = store.staging_dir(KIND, key)
-        counts = {s: _encode_split(stage1, datamodule, s, staging, batch_size, torch.device(device), max_items)
-                  for s in SPLITS}
-        stage1.model.cpu()
-        model = stage1.model
-        meta = {
+        counts = {s: _encode_split(stage1, datamodule, s, staging, batch_size, device, max_items) for s in SPLITS}
+        model = stage1.model.cpu()
+        log.info(f"Latent cache {key} encoded ({counts})")
+        return {
             "stage1": stage1.describe(), "counts": counts, "num_codes": model.num_codes,
             "latent_dim": model.latent_dim, "grid_shape": list(model.latent_grid(datamodule.image_shape[1:])),
             "image_shape": list(datamodule.image_shape), "num_classes": datamodule.num_classes,
             "dataset": datamodule.name,
         }
-        path = store.publish(KIND, key, staging, meta)
-        log.info(f"Latent cache written to {path} ({counts})")
-        return path
+
+    path, built = store.fetch_or_build(KIND, key, f"latent cache {key}", encode)
+    log.info(f"Latent cache written to {path}" if built else f"Reusing latent cache {path}")
+    return path
 
 
 def load_split(cache_dir: str | Path, split: str) -> dict[str, np.ndarray]:

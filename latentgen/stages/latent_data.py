@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from latentgen.data.sampler import ResumableTrainLoader
 from latentgen.stages.latent_cache import SPLITS, load_split
 
 
@@ -56,7 +56,7 @@ def _collate(batch):
     return [torch.stack(xs), torch.stack(ys)]
 
 
-class LatentDataModule(pl.LightningDataModule):
+class LatentDataModule(ResumableTrainLoader):
     """Reads a latent cache built by ``latentgen.stages.latent_cache`` (the builder sets ``cache_dir``)."""
 
     def __init__(self, field: str = "tokens", batch_size: int = 128, eval_batch_size: int | None = None,
@@ -85,7 +85,12 @@ class LatentDataModule(pl.LightningDataModule):
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True)
+        """Shuffled by (seed, epoch), resumable mid-epoch (``latentgen.data.sampler``)."""
+        if "train" not in self.datasets:
+            self.setup()
+        return self.resumable_train_loader(self.datasets["train"], self.batch_size, drop_last=True,
+                                           num_workers=self.num_workers, pin_memory=self.pin_memory,
+                                           collate_fn=_collate, persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         return self.dataloader("val")

@@ -10,38 +10,42 @@ A prior's config has a ``stage1`` node::
       debug: inherit            # stage 1 uses this run's debug preset (fdr, limit, ...)
 
 Without ``ckpt_path`` the stage-1 config is composed and hashed (model, data identity, training
-budget, seed); the artefact store under ``paths.artifact_dir`` holds one checkpoint per hash.
+budget, seed; see :mod:`latentgen.stages.identity`); the artefact store under ``paths.artifact_dir``
+holds one checkpoint per hash. A missing one is trained in a child process
+(:mod:`latentgen.stages.child_train`), never in the process that asked for it.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from latentgen import __version__
 from latentgen.models.vqvae import VQVAE
-from latentgen.stages.artifacts import ArtifactStore, hash_json, sha256_file
+from latentgen.stages.artifacts import (
+    TRAINING_FIXES,
+    ArtifactCheckError,
+    ArtifactStore,
+    sha256_file,
+)
+from latentgen.stages.child_train import PATH_KEYS, experiment_name, train_in_child
+from latentgen.stages.finished_run import stage_run
+from latentgen.stages.identity import STAGE1, ArtifactKind, artifact_key, other_scale_warning
+from latentgen.utils.checkpoint_io import load_checkpoint
+from latentgen.utils.finite import nonfinite_names, shorten
 from latentgen.utils.pylogger import RankedLogger
-from latentgen.utils.resolvers import CONF_DIR
+from latentgen.utils.resolvers import CONF_DIR, experiment_in_slot
 
 log = RankedLogger(__name__, rank_zero_only=False)
 
-KIND = "stage1"
-# Keys that say where or how fast something runs, not what is trained.
-_VOLATILE_DATA = {"data_dir", "num_workers", "pin_memory", "persistent_workers", "download", "eval_batch_size"}
-_TRAINER_IDENTITY = {
-    "max_epochs", "max_steps", "min_epochs", "precision", "fast_dev_run", "limit_train_batches",
-    "overfit_batches", "gradient_clip_val", "accumulate_grad_batches",
-}
+KIND = STAGE1.kind
 
 
 @dataclass
@@ -63,15 +67,6 @@ class Stage1:
             data = {"target": d["_target_"], "val_size": d.get("val_size"), "split_seed": d.get("split_seed")}
         return {"ckpt_path": str(self.ckpt_path), "sha256": self.sha256, "config_hash": self.config_hash,
                 "experiment": self.config.get("task_name") if self.config is not None else None, "data": data}
-
-
-def stage1_identity(cfg: DictConfig) -> dict[str, Any]:
-    """The parts of a resolved stage-1 config that determine the trained weights."""
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in _VOLATILE_DATA}
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model.pop("num_log_images", None)
-    trainer = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k in _TRAINER_IDENTITY}
-    return {"data": data, "model": model, "trainer": trainer, "seed": cfg.get("seed"), "version": __version__}
 
 
 def _parent_choice(group: str) -> str | None:
@@ -102,13 +97,14 @@ def stage1_overrides(spec: DictConfig) -> list[str]:
 
 def compose_experiment(overrides: list[str], paths: DictConfig) -> DictConfig:
     """Compose ``train.yaml`` with ``overrides`` (``+experiment=...`` and extras) and the given paths."""
+    overrides = experiment_in_slot(overrides)
     if GlobalHydra.instance().is_initialized():
         run_cfg = compose(config_name="train.yaml", overrides=overrides)
     else:
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
             run_cfg = compose(config_name="train.yaml", overrides=overrides)
     with open_dict(run_cfg):
-        for key in ("data_dir", "log_dir", "artifact_dir", "root_dir"):
+        for key in PATH_KEYS:
             run_cfg.paths[key] = paths[key]
     return run_cfg
 
@@ -126,10 +122,16 @@ def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1
             f"stage-1 checkpoint {path} does not exist: fix stage1.ckpt_path, or set it to null to "
             "resolve stage 1 from stage1.experiment"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path, purpose="load stage 1")
     hparams = ckpt.get("hyper_parameters")
     if not hparams or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a latentgen VQ-VAE checkpoint (no hyper_parameters/state_dict)")
+    bad = nonfinite_names(ckpt["state_dict"])
+    if bad:
+        raise ArtifactCheckError(
+            f"stage-1 checkpoint {path} has non-finite weights ({shorten(bad)}): its latents would be "
+            f"NaN/inf. Use another checkpoint, or retrain stage 1 ({TRAINING_FIXES})."
+        )
     try:
         model = VQVAE(**hparams)
     except TypeError as e:
@@ -145,57 +147,72 @@ def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1
     return Stage1(model=model, ckpt_path=path, sha256=sha256_file(path), config_hash=config_hash)
 
 
-def train_artifact(run_cfg: DictConfig, store: ArtifactStore, kind: str, key: str, name: str,
-                   extra_meta: Callable[[Any], dict[str, Any]] | None = None) -> Path:
-    """Train the run ``run_cfg`` describes and publish its checkpoint as artefact ``kind/key``."""
-    from latentgen.train import train  # local import: train imports the stage builder
-
-    staging = store.staging_dir(kind, key)
-    run_dir = staging.parent / f"{key}.runs" / staging.name.split("tmp-")[-1]
-    with open_dict(run_cfg):
-        run_cfg.paths.output_dir = str(run_dir)
-        run_cfg.extras.print_config = False
-    log.info(f"Training {name} ({run_cfg.task_name}) now; run dir {run_dir}")
-    metrics, objects = train(run_cfg)
-    trainer, model = objects["trainer"], objects["model"]
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and not trainer.fast_dev_run:
-        shutil.copyfile(best, staging / "model.ckpt")
-    else:
-        trainer.save_checkpoint(staging / "model.ckpt", weights_only=True)
-    (staging / "config.yaml").write_text(OmegaConf.to_yaml(run_cfg, resolve=True))
-    meta = {"experiment": run_cfg.task_name, "run_dir": str(run_dir),
-            "metrics": {k: float(v) for k, v in metrics.items() if k.startswith(("val/", "test/"))},
-            "identity": stage1_identity(run_cfg), **(extra_meta(model) if extra_meta else {})}
-    return store.publish(kind, key, staging, meta) / "model.ckpt"
+def store_instructions(overrides: list[str], artifact_dir: str | Path, fast_dev_run: bool) -> str:
+    """The commands that put the model ``overrides`` describe into the store at ``artifact_dir``."""
+    args = " ".join(shlex.quote(o) for o in overrides)
+    store = shlex.quote(str(Path(artifact_dir).resolve()))
+    text = f"Train and store it in one step with:\n  latentgen-artifacts train {args} paths.artifact_dir={store}\n"
+    if not fast_dev_run:  # a fast_dev_run run saves no checkpoint that could be registered
+        text += (f"or train it as a usual run with:\n  python -m latentgen.train {args}\n"
+                 f"and then store that run (RUN_DIR: the run dir it prints) with:\n"
+                 f"  latentgen-artifacts register RUN_DIR --artifact-dir {store}\n")
+    return text
 
 
-def find_or_train(run_cfg: DictConfig, artifact_dir: str | Path, kind: str, name: str, auto_train: bool,
-                  missing: Callable[[str, Path], str],
-                  extra_meta: Callable[[Any], dict[str, Any]] | None = None) -> tuple[Path, str]:
+def recorded_overrides(run_cfg: DictConfig) -> list[str]:
+    """The overrides ``run_cfg`` was composed with, when it holds Hydra's node (``compose_config``)."""
+    task = OmegaConf.select(run_cfg, "hydra.overrides.task")
+    if task is None:
+        raise ValueError(f"cannot train {run_cfg.get('task_name')} for the store: pass the overrides it was "
+                         "composed with (its config records none)")
+    return list(task)
+
+
+def find_or_train(run_cfg: DictConfig, artifact_dir: str | Path, artifact: ArtifactKind, auto_train: bool,
+                  missing: Callable[[str, Path], str], overrides: Sequence[str] | None = None) -> tuple[Path, str]:
     """Checkpoint of the stored artefact matching ``run_cfg`` (hashed like stage 1), and its key.
 
-    Under the artefact lock: reuse a complete artefact, else train it now (``auto_train``) or raise
-    a RuntimeError with ``missing(key, folder)``, which should name the command to run.
+    Reuses a complete, checked artefact (without a lock: the store may be read-only); else, with
+    ``auto_train``, trains it now under the artefact lock, in a child process
+    (``python -m latentgen.train <overrides>``, ``overrides`` being what ``run_cfg`` was composed from),
+    and stores it; else raises a RuntimeError with ``missing(key, folder)``, which should name the
+    commands to run.
     """
-    key = hash_json(stage1_identity(run_cfg))[:16]
+    key = artifact_key(run_cfg)
     store = ArtifactStore(artifact_dir)
-    with store.lock(kind, key, f"{name} {run_cfg.task_name} [{key}]"):
-        if store.meta(kind, key) is not None:
-            path = store.path(kind, key) / "model.ckpt"
-            log.info(f"Reusing {name.replace(' ', '-')} artefact {key} ({run_cfg.task_name}): {path}")
-        elif not auto_train:
-            raise RuntimeError(missing(key, store.root / kind))
-        else:
-            path = train_artifact(run_cfg, store, kind, key, name, extra_meta)
-            log.info(f"{name[:1].upper()}{name[1:]} trained and stored as artefact {key}: {path}")
+    name = experiment_name(overrides or [], run_cfg.task_name)
+    what = f"{artifact.name} {name} [{key}]"
+    if not auto_train:
+        meta = store.meta(artifact.kind, key)
+        if meta is None:
+            raise RuntimeError(missing(key, store.root / artifact.kind))
+        folder, built = store.path(artifact.kind, key), False
+    else:
+        def train(staging: Path) -> dict[str, Any]:
+            run_dir = ArtifactStore.build_run_dir(staging)
+            log.info(f"Training {artifact.name} ({name}) now, in a child process; run dir {run_dir}")
+            child = list(overrides) if overrides is not None else recorded_overrides(run_cfg)
+            train_in_child(child, run_cfg.paths, run_dir, artifact, name)
+            return stage_run(run_dir, artifact, staging, expected_key=key)
+
+        folder, built = store.fetch_or_build(artifact.kind, key, what, train)
+        meta = store.meta(artifact.kind, key, verify=False)
+    path = folder / "model.ckpt"
+    if built:
+        log.info(f"{artifact.name[:1].upper()}{artifact.name[1:]} trained and stored as artefact {key}: {path}")
+    else:
+        log.info(f"Reusing {artifact.name.replace(' ', '-')} artefact {key} ({name}): {path}")
+        warning = other_scale_warning(meta or {}, run_cfg, artifact)
+        if warning:
+            log.warning(warning)
     return path, key
 
 
 def resolve_stage1(cfg: DictConfig) -> Stage1:
     """The frozen stage 1 for the prior described by ``cfg`` (training it first if needed)."""
     spec = cfg.stage1
-    s1cfg = compose_stage1(cfg)
+    overrides = stage1_overrides(spec)
+    s1cfg = compose_experiment(overrides, cfg.paths)
     if spec.get("ckpt_path"):
         log.info(f"Using the stage-1 checkpoint given in stage1.ckpt_path: {spec.ckpt_path}")
         stage1 = load_stage1(spec.ckpt_path)
@@ -203,13 +220,12 @@ def resolve_stage1(cfg: DictConfig) -> Stage1:
         return stage1
 
     def missing(key: str, folder: Path) -> str:
-        cmd = "python -m latentgen.train " + " ".join(stage1_overrides(spec))
+        how = store_instructions(overrides, cfg.paths.artifact_dir, bool(s1cfg.trainer.get("fast_dev_run")))
         return (f"No trained stage 1 matches this prior's stage1 config (hash {key}) under {folder}, and "
-                f"stage1.auto_train=false. Train it first with:\n  {cmd}\n"
-                "or point stage1.ckpt_path at an existing VQ-VAE checkpoint.")
+                f"stage1.auto_train=false. {how}"
+                "Or point stage1.ckpt_path at an existing VQ-VAE checkpoint.")
 
-    path, key = find_or_train(s1cfg, cfg.paths.artifact_dir, KIND, "stage 1", spec.get("auto_train", True),
-                              missing, extra_meta=lambda model: {"num_codes": model.num_codes})
+    path, key = find_or_train(s1cfg, cfg.paths.artifact_dir, STAGE1, spec.get("auto_train", True), missing, overrides)
     stage1 = load_stage1(path, config_hash=key)
     stage1.config = s1cfg
     return stage1

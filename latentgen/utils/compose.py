@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from latentgen.utils.resolvers import CONF_DIR
+from latentgen.utils.resolvers import CONF_DIR, experiment_in_slot
 
 
 def compose_config(overrides: Sequence[str], config_name: str = "train.yaml") -> DictConfig:
@@ -17,6 +17,6 @@ def compose_config(overrides: Sequence[str], config_name: str = "train.yaml") ->
     so that ``${hydra:...}`` interpolations resolve. Clears a Hydra instance already initialised."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name=config_name, overrides=experiment_in_slot(overrides), return_hydra_config=True)
     HydraConfig().set_config(cfg)
     return cfg

@@ -1,7 +1,8 @@
 """Restartable runs: stable run dirs under Slurm, automatic resume, one W&B run across restarts.
 
 * ``${latentgen.run_name:}`` names the run dir: ``slurm-<job id>[_<array task>][.<step>]`` inside a
-  Slurm job (the same after a requeue), a timestamp elsewhere.
+  Slurm job (the same after a requeue), ``${latentgen.unique_timestamp:}`` elsewhere: a timestamp and
+  the process id, so that two runs started in the same second get two run dirs.
 * ``find_resume_checkpoint(run_dir)``: the checkpoint written last in a run dir (``last``, periodic,
   requeue, on-exception or Lightning ``hpc_ckpt_N`` files), used by ``ckpt_path=auto|last``.
 * ``prepare_wandb_resume(cfg)``: persists the W&B run id in the run dir and resumes it on restart.
@@ -56,8 +57,13 @@ def slurm_run_name(env: dict[str, str] | None = None) -> str | None:
     return name
 
 
+def unique_timestamp() -> str:
+    """``YYYY-MM-DD_HH-MM-SS_<pid>``: no two processes running at once on a host share it."""
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
+
+
 def run_name() -> str:
-    return slurm_run_name() or datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return slurm_run_name() or unique_timestamp()
 
 
 def wandb_group(default: Any, task_name: Any = None) -> Any:
@@ -100,6 +106,7 @@ def gpus_per_node(accelerator: Any, devices: Any) -> int | None:
 def register_resume_resolvers() -> None:
     resolvers = {
         "latentgen.run_name": (run_name, True),
+        "latentgen.unique_timestamp": (unique_timestamp, True),
         "latentgen.wandb_group": (wandb_group, False),
         "latentgen.slurm_account": (slurm_account, False),
         "latentgen.gpus_per_node": (gpus_per_node, False),
@@ -113,30 +120,46 @@ def register_resume_resolvers() -> None:
 def find_resume_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
     """``(path, global step)`` of the newest readable full checkpoint of a run dir, else ``None``.
 
-    Looks at ``checkpoints/*.ckpt`` and Lightning's ``hpc_ckpt_N.ckpt``; a file that cannot be read
-    (a job killed while writing it) is skipped with a warning.
+    Looks at ``checkpoints/*.ckpt`` and Lightning's ``hpc_ckpt_N.ckpt``. A file that cannot be read as
+    a training checkpoint (a job killed while writing it, a weights-only or foreign file, an unsafe
+    pickle) is skipped; the warning names it and the checkpoint chosen instead.
     """
+    from latentgen.utils.checkpoint_io import CheckpointError  # imports torch: only when resuming
+
     run_dir = Path(run_dir)
     candidates = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     candidates = [p for p in candidates if p.is_file()]
+    skipped: list[Path] = []
     for path in sorted(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True):
-        step = checkpoint_step(path)
-        if step is not None:
-            return path, step
-        log.warning(f"skipping {path}: not a readable Lightning training checkpoint")
+        try:
+            step = checkpoint_step(path)
+        except CheckpointError as err:
+            log.warning(f"Skipping checkpoint {path}: it {err.problem}")
+            skipped.append(path)
+            continue
+        if skipped:
+            log.warning(f"Newest usable checkpoint of {run_dir} is {path} (global step {step}); skipped the "
+                        f"newer {', '.join(p.name for p in skipped)}")
+        return path, step
+    if skipped:
+        log.warning(f"No usable checkpoint in {run_dir}: skipped {', '.join(p.name for p in skipped)}")
     return None
 
 
-def checkpoint_step(path: str | Path) -> int | None:
-    """Global step stored in a Lightning checkpoint (memory-mapped: cheap for large files)."""
-    import torch
+def checkpoint_step(path: str | Path) -> int:
+    """Global step stored in a full Lightning training checkpoint (read as data, memory-mapped).
 
-    try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # noqa: BLE001 - truncated or foreign file: the caller skips it
-        return None
-    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
-    return int(step) if step is not None and "optimizer_states" in ckpt else None
+    Raises :class:`CheckpointError` for a file that is unreadable, unsafe, or holds no training state.
+    """
+    from latentgen.utils.checkpoint_io import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(path, purpose="resume training", mmap=True)
+    step = ckpt.get("global_step")
+    if step is None or "optimizer_states" not in ckpt:
+        raise CheckpointError(path, "holds no training state (global step and optimizer states), only weights",
+                              "resume from a checkpoint of a run's checkpoints/ folder, or set ckpt_path=null "
+                              "to start fresh")
+    return int(step)
 
 
 def record_resume(run_dir: str | Path, ckpt: str | Path, step: int) -> dict:

@@ -20,7 +20,7 @@ def test_two_task_srun_ddp_trains_on_both_ranks_with_one_codebook(slurm_cluster,
     )
     log = tmp_path / f"slurm-{job}.out"
     assert wait_job(job, timeout=300) == "COMPLETED", log.read_text()[-4000:]
-    run_dir = tmp_path / "logs" / "vqvae_mnist" / "runs" / f"slurm-{job}.0"
+    run_dir = tmp_path / "logs" / "debug" / "runs" / f"slurm-{job}.0"
     snaps = [torch.load(run_dir / f"codebook_rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [s["rank"] for s in snaps] == [0, 1] and all(s["world_size"] == 2 for s in snaps)
     assert all(s["batches"] == 4 and s["global_step"] == 4 for s in snaps), [(s["batches"], s["global_step"]) for s in snaps]

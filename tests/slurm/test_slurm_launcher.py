@@ -27,7 +27,7 @@ def test_multirun_of_two_experiments_on_slurm_returns_both_results(slurm_cluster
         with open(path, "rb") as f:
             outcome, job_return = pickle.load(f)
         assert outcome == "success", job_return
-        returned[job_return.cfg.task_name] = job_return
+        returned[job_return.hydra_cfg.hydra.runtime.choices.experiment] = job_return
         assert job_state(path.parent.name) == "COMPLETED"
     assert set(returned) == {"vqvae_mnist", "vqvae_fashion_mnist"}
     for ret in returned.values():

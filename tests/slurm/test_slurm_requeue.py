@@ -26,7 +26,7 @@ def test_usr1_requeues_and_the_job_resumes_to_the_uninterrupted_step_count(slurm
                      f"--output={tmp_path}/slurm-%j.out", f"--chdir={REPO}"],
     )
     log = tmp_path / f"slurm-{job}.out"
-    runs = tmp_path / "logs" / "vqvae_mnist" / "runs"
+    runs = tmp_path / "logs" / "debug" / "runs"
     # training is under way once the first periodic checkpoint exists; then "preempt" the job
     periodic = wait_for(lambda: next(runs.glob("slurm-*/checkpoints/periodic.ckpt"), None), 240,
                         "the first periodic checkpoint", interval=0.1)
