@@ -145,7 +145,7 @@ class ImageDataModule(ResumableTrainLoader):
             )
         self.spec = get_spec(self.dataset_name)
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+            raise ValueError(f"data.batch_size={batch_size}: it must be a positive number of images, e.g. data.batch_size=128")
         if eval_batch_size is not None and eval_batch_size <= 0:
             raise ValueError(
                 f"eval_batch_size must be > 0 or None (same as batch_size), got {eval_batch_size}"

@@ -63,7 +63,7 @@ class LatentDataModule(ResumableTrainLoader):
                  num_workers: int = 0, pin_memory: bool = False, cache_dir: str | None = None) -> None:
         super().__init__()
         if batch_size <= 0:
-            raise ValueError(f"batch_size={batch_size} must be positive")
+            raise ValueError(f"data.batch_size={batch_size}: it must be a positive number of latents, e.g. data.batch_size=128")
         self.field, self.batch_size = field, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
