@@ -151,9 +151,16 @@ def checkpoint_step(path: str | Path) -> int:
 
     Raises :class:`CheckpointError` for a file that is unreadable, unsafe, or holds no training state.
     """
-    from latentgen.utils.checkpoint_io import CheckpointError, load_checkpoint
+    from latentgen.utils.checkpoint_io import load_checkpoint
 
-    ckpt = load_checkpoint(path, purpose="resume training", mmap=True)
+    return training_step(load_checkpoint(path, purpose="resume training", mmap=True), path)
+
+
+def training_step(ckpt: dict, path: str | Path) -> int:
+    """Global step of a loaded checkpoint ``ckpt`` (read from ``path``) that holds training state;
+    :class:`CheckpointError` for weights alone."""
+    from latentgen.utils.checkpoint_io import CheckpointError
+
     step = ckpt.get("global_step")
     if step is None or "optimizer_states" not in ckpt:
         raise CheckpointError(path, "holds no training state (global step and optimizer states), only weights",

@@ -19,8 +19,9 @@ from latentgen.models.base import class_path
 from latentgen.utils.checkpoint_io import CheckpointError, load_checkpoint
 from latentgen.utils.config_tree import print_config_tree
 from latentgen.utils.errors import ClearError
+from latentgen.utils.finite import shorten
 from latentgen.utils.pylogger import RankedLogger
-from latentgen.utils.resume import checkpoint_step, find_resume_checkpoint, record_resume
+from latentgen.utils.resume import find_resume_checkpoint, record_resume, training_step
 from latentgen.utils.secrets import mask_hydra_files, masked_argv, scrub_secrets
 from latentgen.utils.validate import ConfigError
 
@@ -160,14 +161,15 @@ def resolve_ckpt_path(cfg: DictConfig, model: pl.LightningModule) -> str | None:
         raise FileNotFoundError(
             f"ckpt_path={path} does not exist: give the path of a .ckpt file, 'auto' (resume this run dir), or null"
         )
-    checkpoint_step(path)  # a training checkpoint, not weights alone
     check_checkpoint_fits(Path(path), model)
     return str(path)
 
 
 def check_checkpoint_fits(path: Path, model: pl.LightningModule) -> None:
-    """``path`` was written by ``model``'s class and holds exactly its weights; else CheckpointError."""
+    """``path`` is a training checkpoint (not weights alone) written by ``model``'s class and holds exactly
+    its weights; else CheckpointError."""
     ckpt = load_checkpoint(path, purpose="resume training", mmap=True)
+    training_step(ckpt, path)
     wanted, found = class_path(type(model)), ckpt.get("latentgen_class")
     fix = (f"pass a checkpoint of a {type(model).__name__} run with this config, ckpt_path=auto to resume this "
            "run dir, or ckpt_path=null to start fresh")
@@ -177,8 +179,7 @@ def check_checkpoint_fits(path: Path, model: pl.LightningModule) -> None:
     differ = sorted(set(ours) ^ set(theirs)) + sorted(
         k for k in set(ours) & set(theirs) if tuple(ours[k].shape) != tuple(theirs[k].shape))
     if differ:
-        shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-        raise CheckpointError(path, f"does not match this run's {type(model).__name__} (weights {shown} are "
+        raise CheckpointError(path, f"does not match this run's {type(model).__name__} (weights {shorten(differ)} are "
                               "missing, extra or of another shape)", fix)
 
 
