@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from slurm_helpers import REPO, TINY, job_state
+from slurm_helpers import REPO, TINY, wait_job
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -28,7 +28,8 @@ def test_multirun_of_two_experiments_on_slurm_returns_both_results(slurm_cluster
             outcome, job_return = pickle.load(f)
         assert outcome == "success", job_return
         returned[job_return.hydra_cfg.hydra.runtime.choices.experiment] = job_return
-        assert job_state(path.parent.name) == "COMPLETED"
+        # the result file is written before the job step ends; Slurm marks it COMPLETED moments later
+        assert wait_job(path.parent.name, timeout=120) == "COMPLETED"
     assert set(returned) == {"vqvae_mnist", "vqvae_fashion_mnist"}
     for ret in returned.values():
         assert isinstance(ret.return_value, float)  # optimized_metric (val/recon_loss) came back
