@@ -8,8 +8,12 @@
 Rows (each the wall time to draw and decode ``--num-samples`` images, same seed, and FID-LeNet
 against as many real test images):
 
-* latent DDPM: DDPM over all T training steps vs DDIM-10/20/50
-  (target: DDIM-50 >= 15x faster than DDPM-T at <= 10 % worse FID);
+* latent DDPM: DDIM-50 (reference) vs DDIM, DPM-Solver++(2M), UniPC, Euler and Heun at ``--ldm-steps``
+  (default 10 and 20; target: DPM-Solver++ or UniPC at 10 steps within 5 % of DDIM-50's FID, at 20 steps
+  equal or better), and DDPM over all T steps with ``--full-ddpm``;
+* classifier guidance (``--latent-classifier`` with ``--ldm-uncond`` and/or ``--ldm``): FID and the share of
+  samples the LeNet classifies as the requested class at each ``--guidance-scales`` value (target >= 90 %
+  for the unconditional model);
 * AR transformer with vs without the KV cache (target: cache >= 2x faster);
 * MaskGIT-4/8/16 vs AR decoding (with cache) at the checkpoints' grid (7x7 on MNIST), and timing-only on
   a ``--grid G`` x G token grid with random weights of the same architectures (default 14; 0 skips;
@@ -32,12 +36,13 @@ from _bench import now, print_table, use_shared_data_dir
 from _common import compose_run, machine
 from omegaconf import open_dict
 
+from latentgen.diffusion.schedulers import network_calls
 from latentgen.metrics.features import LeNetFeatureExtractor
 from latentgen.metrics.generative import fid_kid
 from latentgen.models.prior_base import PriorModule
 from latentgen.sampling.from_checkpoint import draw_samples, load_prior
 
-TARGETS = {"ddim": (15.0, 0.10), "kv_cache": 2.0, "maskgit8": 5.0}
+TARGETS = {"fast_solver": 0.05, "guided_accuracy": 0.90, "kv_cache": 2.0, "maskgit8": 5.0}
 EXPERIMENTS = {"ldm": "ldm_mnist", "transformer": "transformer_mnist", "maskgit": "maskgit_mnist",
                "classifier": "classifier_mnist"}
 # tiny variants for --quick: few steps, small nets (and T=100 diffusion steps), cheap validation
@@ -107,29 +112,80 @@ class Bench:
         return seconds, fid_kid(real, images, self.extractor, kid_subsets=10)["fid_lenet"]
 
 
+    def run_classes(self, model: PriorModule, options: dict) -> tuple[float, float | None, float | None]:
+        """Like :meth:`run`, with labels cycling through the classes; also the share the LeNet classifies
+        as the requested class."""
+        n, bs = self.args.num_samples, self.args.batch_size
+        t0 = now(model.device)
+        images, labels, _ = draw_samples(model, n, bs, self.args.seed, None, options, progress=False)
+        seconds = now(model.device) - t0
+        if self.extractor is None:
+            return seconds, None, None
+        if labels is None:  # an unconditional model without guidance: the requested classes all the same
+            labels = torch.arange(n) % 10
+        real = self._real.setdefault(id(model), real_images(model, n, self.data_dir))
+        fid = fid_kid(real, images, self.extractor, kid_subsets=10)["fid_lenet"]
+        with torch.no_grad():
+            pred = torch.cat([self.extractor.logits(b.to(self.extractor.device)).argmax(-1) for b in images.split(500)])
+        return seconds, fid, float((pred.cpu() == labels).double().mean())
+
+
 def fmt_fid(fid: float | None) -> str:
     return "n/a" if fid is None else f"{fid:.2f}"
 
 
-def ldm_section(bench: Bench, model) -> None:
+LDM_SOLVERS = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "unipc": "UniPC", "euler": "Euler", "heun": "Heun"}
+
+
+def ldm_configs(model, steps: list[int], full_ddpm: bool) -> list[tuple[str, dict]]:
+    """(row name, options): DDIM-50 first (the reference), then every solver at each step count."""
     t = int(model.hparams.num_train_timesteps)
-    configs = [(f"DDPM-{t}", {"sampler": "ddpm", "num_inference_steps": t})]
-    configs += [(f"DDIM-{k}", {"sampler": "ddim", "num_inference_steps": k}) for k in (10, 20, 50) if k <= t]
-    bench.warm_up(model, configs[-1][1])
+    configs = [("DDIM-50", {"sampler": "ddim", "num_inference_steps": min(50, t)})]
+    if full_ddpm:
+        configs.append((f"DDPM-{t}", {"sampler": "ddpm", "num_inference_steps": t}))
+    for sampler, label in LDM_SOLVERS.items():
+        configs += [(f"{label}-{k}", {"sampler": sampler, "num_inference_steps": k}) for k in steps
+                    if k <= t and not (sampler == "ddim" and k == 50)]
+    return configs
+
+
+def ldm_section(bench: Bench, model) -> None:
+    configs = ldm_configs(model, bench.args.ldm_steps, bench.args.full_ddpm)
+    bench.warm_up(model, configs[0][1])
     results = {name: bench.run(model, opts) for name, opts in configs}
-    ref_s, ref_fid = results[configs[0][0]]
+    ref_s, ref_fid = results["DDIM-50"]
     rows = []
-    for name, (s, fid) in results.items():
+    for name, opts in configs:
+        s, fid = results[name]
+        calls = network_calls(model.make_scheduler(opts["sampler"]), opts["num_inference_steps"])
         worse = "n/a" if fid is None or ref_fid is None else f"{100 * (fid / max(ref_fid, 1e-12) - 1):+.1f} %"
-        rows.append([name, f"{s:.2f}", f"{bench.args.num_samples / s:.1f}", f"{ref_s / s:.1f}x", fmt_fid(fid), worse])
-    print_table(["sampler", "wall s", "samples/s", f"speed-up vs DDPM-{t}", "FID-LeNet", "FID vs DDPM"], rows,
-                title=f"latent DDPM, {bench.args.num_samples} samples")
-    if "DDIM-50" in results:
-        s, fid = results["DDIM-50"]
-        speed, tol = TARGETS["ddim"]
-        ok_fid = "n/a" if fid is None or ref_fid is None else ("yes" if fid <= (1 + tol) * ref_fid else "NO")
-        print(f"target DDIM-50 >= {speed:.0f}x faster than DDPM-{t}: {ref_s / s:.1f}x "
-              f"({'meets' if ref_s / s >= speed else 'BELOW'}); FID within {100 * tol:.0f} %: {ok_fid}")
+        rows.append([name, str(calls), f"{s:.2f}", f"{bench.args.num_samples / s:.1f}", f"{ref_s / s:.1f}x",
+                     fmt_fid(fid), worse])
+    print_table(["sampler", "net calls", "wall s", "samples/s", "speed-up vs DDIM-50", "FID-LeNet", "FID vs DDIM-50"],
+                rows, title=f"latent DDPM, {bench.args.num_samples} samples (guidance as in the checkpoint)")
+    if ref_fid is None:
+        return
+    tol = TARGETS["fast_solver"]
+    for k, bound, what in ((10, 1 + tol, f"within {100 * tol:.0f} % of"), (20, 1.0, "equal or better than")):
+        got = {name: results[name][1] for name in (f"DPM-Solver++(2M)-{k}", f"UniPC-{k}") if name in results}
+        if got:
+            best = min(got, key=got.get)
+            ok = got[best] <= bound * ref_fid
+            print(f"target at {k} steps, FID {what} DDIM-50 ({ref_fid:.2f}): {best} {got[best]:.2f} "
+                  f"({'meets' if ok else 'BELOW'})")
+
+
+def guidance_section(bench: Bench, model, classifier, scales: list[float]) -> None:
+    """Classifier guidance of ``model`` with ``classifier``: share of samples the LeNet gives the requested class."""
+    rows = []
+    for scale in scales:
+        options = {"classifier": classifier, "classifier_scale": scale} if scale else {}
+        s, fid, acc = bench.run_classes(model, options)
+        rows.append([f"{scale:g}", f"{s:.2f}", fmt_fid(fid), "n/a" if acc is None else f"{100 * acc:.1f} %"])
+    kind = "conditional" if model.num_classes else "unconditional"
+    print_table(["classifier_scale", "wall s", "FID-LeNet", "requested class (LeNet)"], rows,
+                title=f"classifier guidance of the {kind} latent DDPM, {bench.args.num_samples} samples")
+    print(f"target: >= {100 * TARGETS['guided_accuracy']:.0f} % of samples of the requested class (unconditional model)")
 
 
 def ar_maskgit_section(bench: Bench, gpt, maskgit, grid_label: str, tokens_only: bool = False) -> None:
@@ -192,6 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", action="store_true", help="train missing checkpoints with default budgets")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="artefact store and kept checkpoints of --train (default: a temp dir)")
+    parser.add_argument("--ldm-uncond", type=Path, default=None,
+                        help="an unconditional latent DDPM checkpoint (ldm_mnist model.num_classes=null) for the "
+                             "classifier-guidance section")
+    parser.add_argument("--latent-classifier", type=Path, default=None,
+                        help="latent_classifier_mnist checkpoint: classifier guidance of --ldm-uncond (and --ldm)")
+    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 8.0])
+    parser.add_argument("--ldm-steps", type=int, nargs="+", default=[10, 20],
+                        help="step counts of every latent-DDPM solver (DDIM-50 is always the reference)")
+    parser.add_argument("--full-ddpm", action="store_true", help="also DDPM over all T steps (slow)")
+    parser.add_argument("--sections", nargs="+", default=["ldm", "guidance", "ar"],
+                        choices=["ldm", "guidance", "ar"], help="which tables to print")
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--grid", type=int, default=14, help="token grid side of the random-weight timing (0: skip)")
@@ -224,17 +291,30 @@ def main(argv: list[str] | None = None) -> int:
         if extractor is None:
             print("no --classifier: FID-LeNet not computed")
 
-        if "ldm" in models:
+        if "ldm" not in args.sections:
+            pass
+        elif "ldm" in models:
             ldm_section(bench, models["ldm"])
         else:
             print("no --ldm checkpoint: latent DDPM section skipped")
+        if "guidance" in args.sections and args.latent_classifier:
+            from latentgen.stages.guidance_classifier import load_guidance_classifier
+
+            classifier = load_guidance_classifier(args.latent_classifier, device)
+            for path in (args.ldm_uncond, ckpts["ldm"]):
+                if path is not None:
+                    guidance_section(bench, load_prior(str(path), device), classifier, args.guidance_scales)
+        elif "guidance" in args.sections:
+            print("no --latent-classifier: classifier-guidance section skipped")
         gpt, maskgit = models.get("transformer"), models.get("maskgit")
-        if gpt is not None or maskgit is not None:
+        if "ar" not in args.sections:
+            pass
+        elif gpt is not None or maskgit is not None:
             h, w = (gpt or maskgit).grid_shape
             ar_maskgit_section(bench, gpt, maskgit, f"{h}x{w} grid, trained weights")
         else:
             print("no --transformer/--maskgit checkpoint: trained AR vs MaskGIT section skipped")
-        if args.grid:
+        if args.grid and "ar" in args.sections:
             gpt_g = random_weights(gpt, "transformer", args.grid, tmp / "grid", device)
             mask_g = random_weights(maskgit, "discrete_diffusion", args.grid, tmp / "grid", device)
             ar_maskgit_section(bench, gpt_g, mask_g, f"{args.grid}x{args.grid} grid, random weights (tokens only)",

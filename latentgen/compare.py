@@ -23,7 +23,12 @@ from latentgen.metrics.registry import EvalSpec, eval_spec
 from latentgen.metrics.report import finite_metrics, fmt, markdown_table
 from latentgen.metrics.scan import choose_group, find_priors, latest_launches
 from latentgen.models.prior_base import PriorModule
-from latentgen.sampling.from_checkpoint import load_prior, sampler_options
+from latentgen.sampling.from_checkpoint import (
+    load_prior,
+    printable_options,
+    sampler_options,
+    with_guidance_classifier,
+)
 from latentgen.utils import resolvers
 from latentgen.utils.pylogger import RankedLogger
 from latentgen.utils.run import extras
@@ -34,11 +39,14 @@ COLUMNS = ["Model", "Run", "Sampler / steps", "FID-LeNet", "KID-LeNet", "Classif
            "Class coverage", "NLL (bits/token)", "Sampling time (s)"]
 
 
-def sweep(model: PriorModule, spec: EvalSpec, steps: DictConfig, base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Sampling options to evaluate: one per step count of the family, plus the model's own setting
-    (in increasing number of steps)."""
+def sweep(model: PriorModule, spec: EvalSpec, steps: DictConfig, base: dict[str, Any],
+          samplers: DictConfig | None = None) -> list[dict[str, Any]]:
+    """Sampling options to evaluate: one per step count of the family (and per sampler where ``samplers``
+    lists several for it), plus the model's own setting (in increasing number of steps)."""
     counts = list(steps.get(spec.family) or []) if spec.step_option else []
-    runs = [{**base, **spec.sweep_options, spec.step_option: int(s)} for s in counts]
+    names = list((samplers or {}).get(spec.family) or []) if counts else []
+    variants = [{"sampler": name} for name in names] or [spec.sweep_options]
+    runs = [{**base, **variant, spec.step_option: int(s)} for variant in variants for s in counts]
     if spec.sampler_text(model, base) not in {spec.sampler_text(model, o) for o in runs}:
         runs.append(dict(base))
     if spec.step_option:
@@ -98,7 +106,8 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     for entry, model in models:
         spec = eval_spec(model)
         base = {k: v for k, v in asked.items() if k in sampler_options(model)}
-        for i, options in enumerate(sweep(model, spec, cfg.steps, base)):
+        base = with_guidance_classifier(model, base, cfg.guidance_classifier, cfg.paths, device)
+        for i, options in enumerate(sweep(model, spec, cfg.steps, base, cfg.get("samplers"))):
             jobs.append((entry, model, spec, options, i == 0))
     log.info(f"Comparing {len(models)} priors ({len(jobs)} evaluations) on stage 1 {sha[:12]}, N={cfg.num_samples}")
     rows = [{"model": "Real data (train vs test)", "run": "–", "sampler": "–", "family": "floor",
@@ -109,11 +118,13 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     for entry, model, spec, options, with_nll in tqdm(jobs, desc="evaluating priors", disable=not cfg.show_progress):
         metrics, _ = evaluator.evaluate_prior(model, options, cfg.seed, cfg.batch_size, cfg.nll.max_items, with_nll)
         row = {"model": spec.label, "run": entry.run, "ckpt": str(entry.path), "family": spec.family,
-               "sampler": spec.sampler_text(model, options), "options": options, "metrics": finite_metrics(metrics)}
+               "sampler": spec.sampler_text(model, options), "options": printable_options(options), "metrics": finite_metrics(metrics)}
         rows.append(row)
         if spec.step_option:
             same_kind = sum(eval_spec(m).family == spec.family for _, m in models)
             label = spec.label if same_kind == 1 else f"{spec.label} ({entry.run})"
+            if len((cfg.get("samplers") or {}).get(spec.family) or []) > 1:
+                label = f"{label}, {({**model.sampling, **options}).get('sampler')}"
             curves.setdefault(label, []).append((step_count(model, spec, options), row["metrics"]["fid_lenet"]))
 
     out = Path(cfg.paths.output_dir)

@@ -17,7 +17,11 @@ from latentgen.metrics.eval_data import resolve_data
 from latentgen.metrics.eval_setup import make_evaluator, pick_device, sampling_options
 from latentgen.metrics.registry import eval_spec
 from latentgen.metrics.report import log_wandb_summary, metric_label, write_report
-from latentgen.sampling.from_checkpoint import check_options
+from latentgen.sampling.from_checkpoint import (
+    check_options,
+    printable_options,
+    with_guidance_classifier,
+)
 from latentgen.stages.artifacts import sha256_file
 from latentgen.stages.checkpoints import load_model
 from latentgen.utils import resolvers
@@ -49,6 +53,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     options = sampling_options(cfg)
     if spec.kind == "prior":
         check_options(model, options)
+        options = with_guidance_classifier(model, options, cfg.guidance_classifier, cfg.paths, device)
     elif options:
         raise ValueError(f"sampling options {sorted(options)} do not apply to a {spec.label} checkpoint: "
                          "leave them null")
@@ -71,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     provenance = {
         "ckpt": str(ckpt), "ckpt_sha256": sha256_file(ckpt), "model": spec.label,
         "model_class": type(model).__name__, "kind": spec.kind,
-        "sampler": spec.sampler_text(model, options), "sampling": {**getattr(model, "sampling", {}), **options},
+        "sampler": spec.sampler_text(model, options), "sampling": {**getattr(model, "sampling", {}), **printable_options(options)},
         "stage1_sha256": stage1.get("sha256"), "stage1": stage1, "data": source.describe(),
         "classifier": {**classifier.describe(), "test_accuracy": evaluator.classifier_accuracy()},
         "num_samples": int(cfg.num_samples), "seed": int(cfg.seed), "device": device,

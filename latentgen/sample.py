@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from latentgen.sampling.from_checkpoint import draw_samples, load_prior, real_prefix_grids
+from latentgen.sampling.from_checkpoint import (
+    draw_samples,
+    load_prior,
+    real_prefix_grids,
+    with_guidance_classifier,
+)
 from latentgen.utils import resolvers
 from latentgen.utils.checkpoint_io import exit_on_checkpoint_error
 from latentgen.utils.images import save_grid
@@ -28,6 +33,7 @@ def sample(cfg: DictConfig) -> dict[str, Path]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     model = load_prior(cfg.ckpt, device)
     options = {k: v for k, v in OmegaConf.to_container(cfg.sampling).items() if v is not None}
+    options = with_guidance_classifier(model, options, cfg.guidance_classifier, cfg.paths, device)
     prefix = None
     labels = cfg.labels if not OmegaConf.is_list(cfg.labels) else list(cfg.labels)
     if cfg.prefix.enabled:

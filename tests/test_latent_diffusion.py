@@ -10,6 +10,7 @@ import torch
 
 from latentgen.models.latent_diffusion import LatentDiffusion
 from latentgen.stages.latent_cache import load_split
+from latentgen.sample import sample
 from latentgen.train import train
 
 
@@ -64,3 +65,33 @@ def test_checkpoint_alone_samples_images_with_ddpm_and_ddim(ldm_run):
 def test_latent_choice_is_validated():
     with pytest.raises(ValueError, match="latent='mid'"):
         LatentDiffusion(latent_channels=4, grid_shape=[7, 7], latent="mid")
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "heun"])
+def test_sampler_choice_round_trips_through_the_sample_cli(ldm_run, tmp_path, sampler):
+    from .test_sample import _cfg
+
+    cfg, _ = ldm_run
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    model = LatentDiffusion.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    steps = 3
+    out = sample(_cfg(tmp_path, ckpt, "num_samples=2", "batch_size=2", "seed=5", f"sampling.sampler={sampler}",
+                      f"sampling.num_inference_steps={steps}"))
+    got = np.load(out["npz"])["samples"]
+    direct = model.sample_latents(2, model.labels_for(2), generator=torch.Generator().manual_seed(5),
+                                  sampler=sampler, num_inference_steps=steps)
+    np.testing.assert_allclose(got, direct.numpy(), rtol=1e-5, atol=1e-5)
+    other = "ddim" if sampler != "ddim" else "dpmpp_2m"
+    assert not np.allclose(got, model.sample_latents(2, model.labels_for(2), generator=torch.Generator().manual_seed(5),
+                                                     sampler=other, num_inference_steps=steps).numpy())
+
+
+def test_unknown_sampler_is_named_with_the_choices(ldm_run, tmp_path):
+    from .test_sample import _cfg
+
+    cfg, _ = ldm_run
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="dpm_fast.*ddpm, ddim, dpmpp_2m, unipc, euler, heun"):
+        sample(_cfg(tmp_path, ckpt, "num_samples=2", "sampling.sampler=dpm_fast"))
+    with pytest.raises(ValueError, match="eta.*ddim"):
+        sample(_cfg(tmp_path, ckpt, "num_samples=2", "sampling.sampler=unipc", "sampling.eta=1.0"))

@@ -8,22 +8,20 @@ decoded through stage 1's quantiser and decoder. EMA weights are used for sampli
 from __future__ import annotations
 
 import copy
+import math
 
-import numpy as np
 import torch
 
 from latentgen.diffusion.guidance import check_guidance_scale, guided
 from latentgen.diffusion.losses import diffusion_loss, min_snr_weight
 from latentgen.diffusion.pipeline import sample_latents
-from latentgen.diffusion.schedulers import DDIMScheduler, DDPMScheduler, NoiseScheduler
+from latentgen.diffusion.schedulers import SAMPLERS, make_scheduler, training_target
+from latentgen.models.continuous_latents import ContinuousLatents
 from latentgen.models.prior_base import PriorModule
 from latentgen.nets.unet import UNet
-from latentgen.stages.latent_cache import load_split
-
-SAMPLERS = ("ddpm", "ddim")
 
 
-class LatentDiffusion(PriorModule):
+class LatentDiffusion(ContinuousLatents, PriorModule):
     def __init__(
         self,
         latent_channels: int | None = None,
@@ -58,15 +56,14 @@ class LatentDiffusion(PriorModule):
                          sample_every_n_epochs=sample_every_n_epochs, num_sample_images=num_sample_images)
         self.save_hyperparameters()
         self.set_optim(optimizer, scheduler, old)
-        if latent not in ("pre", "post"):
-            raise ValueError(f"latent={latent!r}: diffuse the 'pre' (encoder output) or 'post' (codebook) latents")
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
+            raise ValueError(f"sampler={sampler!r} is not known; use one of {', '.join(SAMPLERS)}")
         check_guidance_scale(guidance_scale, conditional=num_classes is not None)
         if latent_channels is None or grid_shape is None:
             raise ValueError("latent_channels/grid_shape are unset: build the model through the stage builder "
                              "(it fills them from stage 1) or set model.latent_channels and model.grid_shape")
-        self.latent, self.latent_channels = latent, int(latent_channels)
+        self.init_latents(latent)
+        self.latent_channels = int(latent_channels)
         self.grid_shape = tuple(int(g) for g in grid_shape)
         self.cond_drop_prob, self.min_snr_gamma, self.ema_decay = cond_drop_prob, min_snr_gamma, ema_decay
         self.clip_latents = clip_latents
@@ -77,52 +74,26 @@ class LatentDiffusion(PriorModule):
                         num_classes=num_classes, dropout=dropout)
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.noise_scheduler = self.make_scheduler("ddpm")
-        self.register_buffer("scale_factor", torch.tensor(1.0))
 
     # -- set-up -----------------------------------------------------------------------------------
-    def make_scheduler(self, sampler: str = "ddpm", eta: float = 0.0) -> NoiseScheduler:
-        kw = dict(num_train_timesteps=self.hparams.num_train_timesteps, beta_schedule=self.hparams.beta_schedule,
-                  prediction_type=self.hparams.prediction_type, clip_sample=False)
-        if sampler == "ddpm":
-            return DDPMScheduler(**kw)
-        if sampler == "ddim":
-            return DDIMScheduler(**kw, eta=eta)
-        raise ValueError(f"sampler={sampler!r}: choose one of {SAMPLERS}")
-
-    def attach_stage1(self, stage1, cache_dir: str | None = None) -> None:
-        super().attach_stage1(stage1, cache_dir)
-        if cache_dir is not None:
-            self.scale_factor.fill_(self.compute_scale_factor(cache_dir))
-
-    @torch.no_grad()
-    def compute_scale_factor(self, cache_dir: str, max_items: int = 10000) -> float:
-        """1 / std of the (pre- or post-quantisation) training latents in the cache."""
-        z = torch.from_numpy(np.asarray(load_split(cache_dir, "train")["latents"][:max_items], dtype=np.float32))
-        z = self.to_latent(z)
-        std = float(z.std())
-        if not np.isfinite(std) or std <= 0:
-            raise ValueError(f"latents in {cache_dir} have std {std}: the stage-1 encoder output is degenerate")
-        return 1.0 / std
-
-    def to_latent(self, z_pre: torch.Tensor) -> torch.Tensor:
-        """Cached pre-quantisation latents -> the latents this model diffuses (unscaled)."""
-        if self.latent == "pre":
-            return z_pre
-        return self._require_stage1().quantize(z_pre.to(self.device))[0]
+    def make_scheduler(self, sampler: str = "ddpm"):
+        """The diffusers scheduler ``sampler`` over this model's variance schedule and prediction type."""
+        return make_scheduler(sampler, self.hparams.num_train_timesteps, self.hparams.beta_schedule,
+                              self.hparams.prediction_type)
 
     # -- training ---------------------------------------------------------------------------------
     def shared_step(self, batch, split: str) -> torch.Tensor:
         z, labels = batch
-        x0 = self.to_latent(z) * self.scale_factor
-        t = torch.randint(0, self.noise_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        x0 = self.scaled_latents(z)
+        t = torch.randint(0, self.hparams.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)
         out = self.net(x_t, t, self.net_labels(labels, split))
-        target = self.noise_scheduler.training_target(x0, noise, t)
+        target = training_target(self.noise_scheduler, x0, noise, t)
         weights = None
         if self.min_snr_gamma:
-            abar = self.noise_scheduler.alphas_cumprod.to(x0.device)[t]
-            weights = min_snr_weight(abar / (1 - abar), self.min_snr_gamma, self.noise_scheduler.prediction_type)
+            abar = self.noise_scheduler.alphas_cumprod.to(x0.device, torch.float64)[t]
+            weights = min_snr_weight((abar / (1 - abar)).float(), self.min_snr_gamma, self.hparams.prediction_type)
         loss = diffusion_loss(out.float(), target.float(), weights)
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step)
@@ -147,20 +118,42 @@ class LatentDiffusion(PriorModule):
     @torch.no_grad()
     def sample_latents(self, n, labels=None, generator=None, sampler: str | None = None,
                        num_inference_steps: int | None = None, eta: float | None = None,
-                       guidance_scale: float | None = None, use_ema: bool = True, progress: bool = False):
-        """Draw ``n`` unscaled latents [n, C, h, w] with the configured (or given) sampler."""
+                       guidance_scale: float | None = None, classifier=None, classifier_scale: float | None = None,
+                       use_ema: bool = True, progress: bool = False):
+        """Draw ``n`` unscaled latents [n, C, h, w] with the configured (or given) sampler.
+
+        ``classifier`` (a :class:`~latentgen.models.latent_classifier.LatentClassifier` of this model's
+        stage 1 and noise schedule) with ``classifier_scale`` > 0 adds classifier guidance towards
+        ``labels``, on top of classifier-free guidance if ``guidance_scale`` != 1.
+        """
         opts = {**self.sampling, **{k: v for k, v in dict(sampler=sampler, num_inference_steps=num_inference_steps,
                                                           eta=eta, guidance_scale=guidance_scale).items()
                                     if v is not None}}
+        check_guidance_scale(opts["guidance_scale"], conditional=self.num_classes is not None)
         net = self.ema_net if use_ema else self.net
-        scheduler = self.make_scheduler(opts["sampler"], opts["eta"])
+        scheduler = self.make_scheduler(opts["sampler"])
+        scale = float(classifier_scale or 0.0)
+        if not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"classifier_scale={classifier_scale}: must be a finite number >= 0 (0 = no guidance)")
+        grad_fn = None
+        if scale:
+            if classifier is None:
+                raise ValueError(f"classifier_scale={scale} needs a noise-conditional latent classifier: set "
+                                 "sampling.classifier (see latent_classifier_mnist) or classifier_scale=0")
+            classifier.check_matches(self)
+            grad_fn = classifier.grad_log_prob
+            if labels is None:
+                raise ValueError(f"classifier_scale={scale} needs class labels to guide towards: pass labels")
 
         def model_fn(x, t, y):
+            if self.num_classes is None:
+                return net(x, t, None)
             return guided(net, (x, t), y, net.null_label, opts["guidance_scale"])
 
         shape = (n, self.latent_channels, *self.grid_shape)
         x = sample_latents(model_fn, scheduler, shape, opts["num_inference_steps"], labels=labels,
-                           generator=generator, device=self.device, progress=progress)
+                           generator=generator, device=self.device, progress=progress, eta=opts["eta"],
+                           classifier_grad=grad_fn, classifier_scale=scale)
         z = x / self.scale_factor
         if self.clip_latents is not None:
             z = z.clamp(-self.clip_latents, self.clip_latents)

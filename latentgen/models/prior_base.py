@@ -70,14 +70,20 @@ class PriorModule(LatentGenModule):
         return drop_labels(labels, self.net.null_label, drop) if drop else labels
 
     # -- sampling ---------------------------------------------------------------------------------
-    def labels_for(self, n: int, labels: torch.Tensor | list[int] | int | None = None) -> torch.Tensor | None:
-        """Labels for ``n`` samples: given ones (one id for all, or one each), or each class in turn."""
-        if labels is None and self.num_classes is not None:
-            labels = torch.arange(n) % self.num_classes
+    def labels_for(self, n: int, labels: torch.Tensor | list[int] | int | None = None,
+                   num_classes: int | None = None) -> torch.Tensor | None:
+        """Labels for ``n`` samples: given ones (one id for all, or one each), or each class in turn.
+
+        ``num_classes`` names the label space when it is not the model's own (classifier guidance of an
+        unconditional model draws labels from its classifier's classes).
+        """
+        classes = num_classes if num_classes is not None else self.num_classes
+        if labels is None and classes is not None:
+            labels = torch.arange(n) % classes
         if labels is not None:
             labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
             labels = labels.expand(n).clone() if labels.numel() == 1 else labels
-        check_labels(labels, n, self.num_classes)
+        check_labels(labels, n, classes)
         return None if labels is None else labels.to(self.device)
 
     def sample_latents(self, n: int, labels: torch.Tensor | None = None,

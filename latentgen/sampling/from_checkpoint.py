@@ -16,10 +16,34 @@ from latentgen.utils.checkpoint_io import CheckpointError
 def load_prior(ckpt: str, device: str | torch.device = "cpu") -> PriorModule:
     model = load_model(ckpt, map_location=device, purpose="sample")
     if not isinstance(model, PriorModule):
-        raise CheckpointError(ckpt, f"holds a {type(model).__name__}, not a stage-2 prior",
-                              "sampling needs the checkpoint of a PixelCNN, transformer, latent DDPM or "
-                              "discrete diffusion run")
+        fix = "sampling needs the checkpoint of a PixelCNN, transformer, latent DDPM or discrete diffusion run"
+        if hasattr(model, "grad_log_prob"):  # a latent classifier samples nothing: it guides a latent DDPM
+            fix = ("a latent classifier only guides a latent DDPM: pass the LDM's checkpoint as ckpt, with "
+                   f"sampling.classifier_scale=<scale> guidance_classifier.ckpt_path={ckpt}")
+        raise CheckpointError(ckpt, f"holds a {type(model).__name__}, not a stage-2 prior", fix)
     return model.to(device).eval()
+
+
+def with_guidance_classifier(model: PriorModule, options: dict, spec, paths, device) -> dict:
+    """``options`` plus the noise-conditional classifier that ``classifier_scale`` > 0 guides with.
+
+    ``spec`` is the ``guidance_classifier`` config node: an explicit checkpoint, or the experiment found in
+    the artefact store (trained now if missing) for the prior's own stage 1.
+    """
+    if not options.get("classifier_scale"):
+        return options
+    if "classifier_scale" not in sampler_options(model):
+        raise ValueError(f"classifier_scale applies to the latent DDPM only, not {type(model).__name__}: "
+                         "leave sampling.classifier_scale null")
+    from latentgen.stages.guidance_classifier import resolve_guidance_classifier
+
+    return {**options, "classifier": resolve_guidance_classifier(spec, paths, model, device)}
+
+
+def printable_options(options: dict) -> dict:
+    """Sampling options as they are recorded: a guidance classifier by its checkpoint."""
+    return {k: (str(getattr(v, "ckpt_path", None) or type(v).__name__) if k == "classifier" else v)
+            for k, v in options.items()}
 
 
 def sampler_options(model: PriorModule) -> set[str]:
@@ -45,7 +69,8 @@ def draw_samples(model: PriorModule, n: int, batch_size: int, seed: int, labels,
     if n <= 0 or batch_size <= 0:
         raise ValueError(f"num_samples={n} and batch_size={batch_size} must be positive")
     check_options(model, options)
-    all_labels = model.labels_for(n, labels)
+    guide = options.get("classifier") if options.get("classifier_scale") else None
+    all_labels = model.labels_for(n, labels, num_classes=getattr(guide, "num_classes", None))
     generator = torch.Generator(device=model.device).manual_seed(int(seed))
     images, raw = [], []
     for start in tqdm(range(0, n, batch_size), desc="sampling batches", disable=not progress):
