@@ -210,12 +210,27 @@ def test_classifier_guidance_shifts_the_noise_by_the_scaled_gradient(prediction_
     x = torch.randn(3, 2, 4, 4, generator=gen, dtype=torch.float64)
     out = torch.randn(x.shape, generator=gen, dtype=torch.float64)
     grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    t = torch.tensor([10, 500, 980])
+    t = torch.tensor([10, 500, 950])
     guided_out = classifier_guided(sched, out, x, t, grad, 2.5)
     abar = sched.alphas_cumprod.double()[t].reshape(-1, 1, 1, 1)
     shift = to_epsilon(sched, guided_out, x, t) - to_epsilon(sched, out, x, t)
     torch.testing.assert_close(shift, -(1 - abar).sqrt() * 2.5 * grad, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(classifier_guided(sched, out, x, t, grad, 0.0), out)
+
+
+def test_classifier_guidance_skips_steps_of_almost_pure_noise() -> None:
+    """At t = T-1 of the cosine schedule (abar ~ 2e-9) x_t carries no class: no guidance there."""
+    from latentgen.diffusion.pipeline import GUIDANCE_MIN_ALPHA_BAR
+
+    sched = make_scheduler("ddim", 1000, "cosine", "v_prediction")
+    abar = sched.alphas_cumprod.double()
+    noisy = int((abar >= GUIDANCE_MIN_ALPHA_BAR).nonzero().max()) + 1
+    assert abar[999] < 1e-8 and noisy <= 999
+    x, out = torch.randn(2, 2, 3, 3, dtype=torch.float64), torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    t = torch.tensor([999, noisy - 1])
+    guided_out = classifier_guided(sched, out, x, t, torch.ones_like(x), 3.0)
+    torch.testing.assert_close(guided_out[0], out[0])
+    assert not torch.allclose(guided_out[1], out[1])
 
 
 def test_classifier_guidance_moves_samples_towards_the_class() -> None:

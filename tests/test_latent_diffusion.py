@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from latentgen.models.latent_diffusion import LatentDiffusion
-from latentgen.stages.latent_cache import load_split
 from latentgen.sample import sample
+from latentgen.stages.latent_cache import load_split
 from latentgen.train import train
 
 

@@ -13,6 +13,11 @@ from latentgen.diffusion.schedulers import from_epsilon, step_kwargs, to_epsilon
 
 ModelFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 GradFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+# Classifier guidance is left out of steps whose x_t is almost pure noise (abar_t below this, e.g. only
+# t = T-1 of the cosine schedule, abar ~ 2e-9). There x_t holds no class information, so a classifier's
+# gradient is noise, and the sampler's x0 estimate multiplies any shift of the noise by
+# sqrt((1 - abar_t) / abar_t) (~2e4 at abar = 2e-9): a single step would throw samples far off the data.
+GUIDANCE_MIN_ALPHA_BAR = 1e-3
 
 
 def classifier_guided(scheduler: Any, model_output: Tensor, x_t: Tensor, t: Tensor, grad_log_p: Tensor,
@@ -20,11 +25,13 @@ def classifier_guided(scheduler: Any, model_output: Tensor, x_t: Tensor, t: Tens
     """``model_output`` with ``scale * grad log p(y | x_t)`` added to the score (Dhariwal & Nichol, 2021).
 
     The score is -eps / sqrt(1 - abar_t), so the guided noise is eps - sqrt(1 - abar_t) * scale * grad;
-    it is returned in the model's own parameterisation so that any scheduler can step with it.
+    it is returned in the model's own parameterisation so that any scheduler can step with it. Steps with
+    abar_t < ``GUIDANCE_MIN_ALPHA_BAR`` are left unguided.
     """
     eps = to_epsilon(scheduler, model_output, x_t, t).double()
     abar = scheduler.alphas_cumprod.to(x_t.device, torch.float64)[t.long()].reshape(-1, *([1] * (x_t.ndim - 1)))
-    eps = eps - (1 - abar).sqrt() * scale * grad_log_p.double()
+    active = (abar >= GUIDANCE_MIN_ALPHA_BAR).double()  # see GUIDANCE_MIN_ALPHA_BAR
+    eps = eps - active * (1 - abar).sqrt() * scale * grad_log_p.double()
     return from_epsilon(scheduler, eps, x_t, t).to(model_output.dtype)
 
 
