@@ -137,20 +137,22 @@ def fmt_fid(fid: float | None) -> str:
 LDM_SOLVERS = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "unipc": "UniPC", "euler": "Euler", "heun": "Heun"}
 
 
-def ldm_configs(model, steps: list[int], full_ddpm: bool) -> list[tuple[str, dict]]:
+def ldm_configs(model, steps: list[int], full_ddpm: bool, samplers: list[str]) -> list[tuple[str, dict]]:
     """(row name, options): DDIM-50 first (the reference), then every solver at each step count."""
     t = int(model.hparams.num_train_timesteps)
     configs = [("DDIM-50", {"sampler": "ddim", "num_inference_steps": min(50, t)})]
     if full_ddpm:
         configs.append((f"DDPM-{t}", {"sampler": "ddpm", "num_inference_steps": t}))
     for sampler, label in LDM_SOLVERS.items():
+        if sampler not in samplers:
+            continue
         configs += [(f"{label}-{k}", {"sampler": sampler, "num_inference_steps": k}) for k in steps
                     if k <= t and not (sampler == "ddim" and k == 50)]
     return configs
 
 
 def ldm_section(bench: Bench, model) -> None:
-    configs = ldm_configs(model, bench.args.ldm_steps, bench.args.full_ddpm)
+    configs = ldm_configs(model, bench.args.ldm_steps, bench.args.full_ddpm, bench.args.ldm_samplers)
     bench.warm_up(model, configs[0][1])
     results = {name: bench.run(model, opts) for name, opts in configs}
     ref_s, ref_fid = results["DDIM-50"]
@@ -175,16 +177,17 @@ def ldm_section(bench: Bench, model) -> None:
                   f"({'meets' if ok else 'BELOW'})")
 
 
-def guidance_section(bench: Bench, model, classifier, scales: list[float]) -> None:
+def guidance_section(bench: Bench, model, classifier, scales: list[float], base: dict, kind: str) -> None:
     """Classifier guidance of ``model`` with ``classifier``: share of samples the LeNet gives the requested class."""
     rows = []
     for scale in scales:
-        options = {"classifier": classifier, "classifier_scale": scale} if scale else {}
+        options = {**base, "classifier": classifier, "classifier_scale": scale} if scale else dict(base)
         s, fid, acc = bench.run_classes(model, options)
         rows.append([f"{scale:g}", f"{s:.2f}", fmt_fid(fid), "n/a" if acc is None else f"{100 * acc:.1f} %"])
-    kind = "conditional" if model.num_classes else "unconditional"
+    sampler = {**model.sampling, **base}
     print_table(["classifier_scale", "wall s", "FID-LeNet", "requested class (LeNet)"], rows,
-                title=f"classifier guidance of the {kind} latent DDPM, {bench.args.num_samples} samples")
+                title=f"classifier guidance of the {kind} latent DDPM ({sampler['sampler']}-"
+                      f"{sampler['num_inference_steps']}), {bench.args.num_samples} samples")
     print(f"target: >= {100 * TARGETS['guided_accuracy']:.0f} % of samples of the requested class (unconditional model)")
 
 
@@ -253,9 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                              "classifier-guidance section")
     parser.add_argument("--latent-classifier", type=Path, default=None,
                         help="latent_classifier_mnist checkpoint: classifier guidance of --ldm-uncond (and --ldm)")
+    parser.add_argument("--guidance-sampler", default="dpmpp_2m", help="sampler of the classifier-guidance rows")
+    parser.add_argument("--guidance-steps", type=int, default=20)
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0, 8.0])
     parser.add_argument("--ldm-steps", type=int, nargs="+", default=[10, 20],
                         help="step counts of every latent-DDPM solver (DDIM-50 is always the reference)")
+    parser.add_argument("--ldm-samplers", nargs="+", default=list(LDM_SOLVERS), choices=list(LDM_SOLVERS),
+                        help="the solvers of the latent-DDPM table (each at every --ldm-steps count)")
     parser.add_argument("--full-ddpm", action="store_true", help="also DDPM over all T steps (slow)")
     parser.add_argument("--sections", nargs="+", default=["ldm", "guidance", "ar"],
                         choices=["ldm", "guidance", "ar"], help="which tables to print")
@@ -301,9 +308,17 @@ def main(argv: list[str] | None = None) -> int:
             from latentgen.stages.guidance_classifier import load_guidance_classifier
 
             classifier = load_guidance_classifier(args.latent_classifier, device)
-            for path in (args.ldm_uncond, ckpts["ldm"]):
-                if path is not None:
-                    guidance_section(bench, load_prior(str(path), device), classifier, args.guidance_scales)
+            solver = {"sampler": args.guidance_sampler, "num_inference_steps": args.guidance_steps}
+            if args.ldm_uncond is not None:
+                guidance_section(bench, load_prior(str(args.ldm_uncond), device), classifier, args.guidance_scales,
+                                 solver, "unconditional")
+            if ckpts["ldm"] is not None:
+                # the null-class branch of a classifier-free-guidance model is an unconditional DDPM
+                # trained jointly with the conditional one (label dropout)
+                for cfg_scale, kind in ((0.0, "unconditional (null-class branch of the CFG-trained)"),
+                                        (None, "conditional (its own classifier-free guidance)")):
+                    base = {**solver, **({} if cfg_scale is None else {"guidance_scale": cfg_scale})}
+                    guidance_section(bench, models["ldm"], classifier, args.guidance_scales, base, kind)
         elif "guidance" in args.sections:
             print("no --latent-classifier: classifier-guidance section skipped")
         gpt, maskgit = models.get("transformer"), models.get("maskgit")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latentgen.nets.unet import Block, timestep_embedding
+from latentgen.nets.unet import Block, check_sizes, timestep_embedding
 
 
 class LatentClassifierNet(nn.Module):
@@ -35,11 +35,7 @@ class LatentClassifierNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or base_channels < 1 or num_res_blocks < 1 or not channel_mults:
-            raise ValueError(
-                "in_channels, base_channels and num_res_blocks must be >= 1 and channel_mults non-empty; got "
-                f"{in_channels}, {base_channels}, {num_res_blocks}, {list(channel_mults)}"
-            )
+        check_sizes(in_channels, base_channels, num_res_blocks, channel_mults)
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes")
         self.in_channels, self.num_classes, self.base_channels = in_channels, num_classes, base_channels

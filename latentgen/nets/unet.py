@@ -81,6 +81,15 @@ class Block(nn.Module):
         return self.attn(self.res(x, emb))
 
 
+def check_sizes(in_channels: int, base_channels: int, num_res_blocks: int, channel_mults) -> None:
+    """The sizes a UNet-style encoder needs: positive channels and blocks, at least one resolution level."""
+    if in_channels < 1 or base_channels < 1 or num_res_blocks < 1 or not channel_mults:
+        raise ValueError(
+            "in_channels, base_channels and num_res_blocks must be >= 1 and channel_mults "
+            f"non-empty; got {in_channels}, {base_channels}, {num_res_blocks}, {list(channel_mults)}."
+        )
+
+
 class UNet(nn.Module):
     """Denoiser ``(x, t, labels) -> [B, out_channels, H, W]`` with optional class conditioning.
 
@@ -101,11 +110,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if in_channels < 1 or base_channels < 1 or num_res_blocks < 1 or not channel_mults:
-            raise ValueError(
-                "in_channels, base_channels and num_res_blocks must be >= 1 and channel_mults "
-                f"non-empty; got {in_channels}, {base_channels}, {num_res_blocks}, {channel_mults}."
-            )
+        check_sizes(in_channels, base_channels, num_res_blocks, channel_mults)
         if num_classes is not None and num_classes < 1:
             raise ValueError(
                 f"num_classes must be >= 1 or None (unconditional), got {num_classes}."
