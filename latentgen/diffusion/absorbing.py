@@ -3,7 +3,9 @@
 Training follows the order-agnostic / MaskGIT recipe (Chang et al., 2022): a random
 fraction ``gamma(r)`` of the tokens is replaced by a mask token and the network predicts
 the original tokens at the masked positions. Sampling starts from a fully masked grid and
-reveals the most confident predictions over ``num_inference_steps`` steps.
+reveals the most confident predictions over ``num_inference_steps`` steps; optionally it
+returns the least confident of the already revealed tokens to the mask to be predicted again
+(``remask="confidence"``, after ReMDM, Wang et al., 2025).
 
 The network is passed in as ``logits_fn(tokens [B, L] long, labels [B] long | None)``
 returning logits ``[B, L, K]`` over the ``K`` codebook entries.
@@ -22,11 +24,27 @@ from tqdm.auto import tqdm
 from latentgen.diffusion.guidance import guided
 from latentgen.diffusion.mask_schedules import check_schedule, gamma
 
-__all__ = ["AbsorbingDiffusion", "LogitsFn", "MaskGITSampler", "sample_tokens"]
+__all__ = ["REMASK_MODES", "AbsorbingDiffusion", "LogitsFn", "MaskGITSampler", "check_remask", "sample_tokens"]
 
 LogitsFn = Callable[[Tensor, Tensor | None], Tensor]
 
 _EPS = 1e-6
+
+REMASK_MODES = ("none", "confidence")
+
+
+def check_remask(remask: str, remask_ratio: float) -> tuple[str, float]:
+    """``(remask, remask_ratio)`` checked: a mode of ``REMASK_MODES`` and a ratio in ``[0, 1]``."""
+    if remask not in REMASK_MODES:
+        raise ValueError(f"remask={remask!r}: choose one of {', '.join(REMASK_MODES)} "
+                         "(none keeps every revealed token)")
+    if isinstance(remask_ratio, bool) or not isinstance(remask_ratio, int | float):
+        raise ValueError(f"remask_ratio={remask_ratio!r} must be a number in [0, 1], e.g. 0.1")
+    ratio = float(remask_ratio)
+    if not 0.0 <= ratio <= 1.0:  # also rejects NaN
+        raise ValueError(f"remask_ratio={remask_ratio} must lie in [0, 1]: the largest share of the revealed "
+                         "tokens returned to the mask in one step (0 re-masks nothing), e.g. 0.1")
+    return remask, ratio
 
 
 def sample_tokens(
@@ -110,9 +128,9 @@ class AbsorbingDiffusion:
         return self.loss(logits, x0, mask), (logits.argmax(-1) == x0)[mask].float().mean()
 
     def make_sampler(self, num_inference_steps: int, temperature: float = 1.0, randomness: float = 1.0,
-                     guidance_scale: float = 1.0) -> MaskGITSampler:
+                     guidance_scale: float = 1.0, remask: str = "none", remask_ratio: float = 0.0) -> MaskGITSampler:
         return MaskGITSampler(self.mask_token_id, num_inference_steps, self.schedule, temperature, randomness,
-                              guidance_scale)
+                              guidance_scale, remask, remask_ratio)
 
 
 class MaskGITSampler:
@@ -123,6 +141,18 @@ class MaskGITSampler:
     ``num_inference_steps > seq_len`` is rejected with a ``ValueError`` rather than silently clamped.
     Confidence is the model log-probability of the sampled token plus Gumbel noise scaled by
     ``randomness * (1 - k / K)``; ``randomness=0`` gives purely greedy confidence ordering.
+
+    Re-masking (``remask="confidence"``, off with ``"none"``, the default). Once revealed, a token
+    is normally final. With re-masking, step ``k`` also scores every token revealed at an earlier
+    step by the model's log-probability of that token in this step's (guided) prediction, and returns
+    the ``remask_counts(L)[k]`` lowest-scoring ones to ``[MASK]``: a share
+    ``sigma_k = remask_ratio * (1 - k / (K - 1))`` of the revealed tokens (rounded down), decaying
+    linearly to 0 so that the last step re-masks nothing. Re-masked tokens are predicted afresh, like
+    any masked token, from the next step on. To keep the schedule, the step reveals as many extra
+    masked tokens as it re-masks, so exactly ``masked_counts(L)[k]`` tokens are masked after step
+    ``k`` with or without re-masking, and none after the last. The re-masked share is capped so that
+    enough masked tokens are left to reveal. With ``remask="none"`` or ``remask_ratio=0`` the
+    sampler draws the same random numbers and returns the same tokens as without the option.
     """
 
     def __init__(
@@ -133,6 +163,8 @@ class MaskGITSampler:
         temperature: float = 1.0,
         randomness: float = 1.0,
         guidance_scale: float = 1.0,
+        remask: str = "none",
+        remask_ratio: float = 0.0,
     ) -> None:
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps={num_inference_steps} must be >= 1.")
@@ -146,6 +178,7 @@ class MaskGITSampler:
         self.temperature = temperature
         self.randomness = randomness
         self.guidance_scale = guidance_scale
+        self.remask, self.remask_ratio = check_remask(remask, remask_ratio)
 
     def masked_counts(self, seq_len: int) -> list[int]:
         """Number of tokens still masked after each of the ``num_inference_steps`` steps."""
@@ -166,6 +199,20 @@ class MaskGITSampler:
             counts.append(prev)
         return counts
 
+    def remask_counts(self, seq_len: int) -> list[int]:
+        """Number of previously revealed tokens returned to ``[MASK]`` at each step (all 0 without re-masking)."""
+        masked_after = self.masked_counts(seq_len)
+        steps = self.num_inference_steps
+        if self.remask == "none" or steps < 2:
+            return [0] * steps
+        counts = []
+        for k in range(steps):
+            revealed = seq_len - (masked_after[k - 1] if k > 0 else seq_len)
+            sigma = self.remask_ratio * (1.0 - k / (steps - 1))
+            # Re-masking more than will stay masked would leave too few masked tokens to reveal.
+            counts.append(min(math.floor(sigma * revealed + _EPS), masked_after[k]))
+        return counts
+
     @torch.no_grad()
     def sample(
         self,
@@ -180,6 +227,7 @@ class MaskGITSampler:
     ) -> Tensor:
         """Decode ``[batch_size, seq_len]`` tokens from a fully masked grid."""
         masked_after = self.masked_counts(seq_len)
+        remask_after = self.remask_counts(seq_len)
         if device is None:
             device = labels.device if labels is not None else "cpu"
         tokens = torch.full((batch_size, seq_len), self.mask_token_id, dtype=torch.long, device=device)
@@ -203,8 +251,16 @@ class MaskGITSampler:
                     -torch.log(u.clamp(_EPS, 1 - _EPS))
                 )
             confidence = confidence.masked_fill(~masked, float("inf"))
+            if remask_after[k] > 0:
+                # Score earlier tokens by this step's prediction; the least likely go back to the mask.
+                current = log_probs.gather(-1, tokens.masked_fill(masked, 0)[..., None]).squeeze(-1)
+                current = current.masked_fill(masked, float("inf"))
+                redo = torch.topk(current, remask_after[k], dim=1, largest=False).indices
+                confidence = confidence.clamp_min(torch.finfo(confidence.dtype).min)
+                confidence = confidence.scatter(1, redo, float("-inf"))
             keep = torch.topk(confidence, seq_len - masked_after[k], dim=1).indices
             revealed = torch.zeros_like(masked).scatter_(1, keep, True)
             tokens = torch.where(revealed & masked, sampled, tokens)
+            tokens = tokens.masked_fill(~revealed, self.mask_token_id)
             masked = ~revealed
         return tokens

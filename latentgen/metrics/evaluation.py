@@ -3,7 +3,8 @@
 The reference set is the first N test images. Against it, with the same classifier:
 
 * a prior's N samples (FID/KID-LeNet, classifier score, class coverage, sampling time) and, for
-  likelihood priors, the NLL of real test images encoded by the prior's own stage 1;
+  likelihood priors, the NLL of real test images encoded by the prior's own stage 1 (an upper bound
+  for ARDM);
 * the real-data floor: N training images (what a perfect generator would score at this N);
 * the reconstruction ceiling: stage-1 reconstructions of the next N test images (what a perfect
   prior over this stage 1 would score). Disjoint images, so neither is flattered by pairing.
@@ -149,12 +150,17 @@ class Evaluator:
         stage1 = model._require_stage1()
         h, w = model.grid_shape
         total = 0.0
+        bound = eval_spec(model).nll_bound  # an upper bound over random orders (ARDM), seeded
+        gen = torch.Generator(device=model.device).manual_seed(0) if bound else None
         for xb, yb in tqdm(list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True)),
                            desc="test NLL", disable=not self.progress):
             tokens = stage1.encode_to_indices(xb.to(model.device))
             labels = yb.to(model.device) if model.num_classes is not None else None
-            logits = model.logits(tokens, labels).double()
-            total += float(F.cross_entropy(logits, tokens, reduction="sum"))
+            if bound:
+                total += float(model.nll_bound(tokens, labels, generator=gen).double().sum())
+            else:
+                logits = model.logits(tokens, labels).double()
+                total += float(F.cross_entropy(logits, tokens, reduction="sum"))
         per_grid = total / n
         return {"nll_nats_per_grid": per_grid, "bits_per_token": per_grid / (h * w) / math.log(2)}
 

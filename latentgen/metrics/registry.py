@@ -8,7 +8,8 @@ A new prior is evaluated like the others once it is registered::
 
 ``family`` names its list of step counts in ``conf/compare.yaml`` (``steps.<family>``);
 ``step_option`` is the sampling option that sets the number of sampling steps (None: no sweep);
-``likelihood`` marks priors with exact token log-likelihoods (``logits(tokens, labels)``).
+``likelihood`` marks priors whose test NLL is reported: exact token log-likelihoods from
+``logits(tokens, labels)``, or with ``nll_bound`` an upper bound from ``nll_bound(tokens, labels)``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from latentgen.models.ardm import ARDMPrior
 from latentgen.models.autoregressive_priors import PixelCNNPrior, TransformerPrior
 from latentgen.models.discrete_diffusion import DiscreteDiffusionPrior
 from latentgen.models.latent_diffusion import LatentDiffusion
@@ -34,6 +36,7 @@ class EvalSpec:
     step_option: str | None = None
     sweep_options: dict[str, Any] = field(default_factory=dict)
     likelihood: bool = False
+    nll_bound: bool = False
     sampler: str = "ancestral"
 
     def sampler_text(self, model: nn.Module, options: dict[str, Any]) -> str:
@@ -94,3 +97,9 @@ def _discrete(model: nn.Module) -> EvalSpec:
     if model.process_name == "absorbing":
         return EvalSpec("maskgit", "MaskGIT", step_option="num_inference_steps", sampler="maskgit")
     return EvalSpec("dd_uniform", "Uniform discrete diffusion", step_option="num_inference_steps", sampler="uniform")
+
+
+@register(ARDMPrior)
+def _ardm(model: nn.Module) -> EvalSpec:
+    return EvalSpec("ardm", "ARDM", step_option="num_inference_steps", likelihood=True, nll_bound=True,
+                    sampler="ardm")
