@@ -1,11 +1,12 @@
 """MaskGIT with and without re-masking: FID-LeNet and wall time at K = 4, 8, 16 steps.
 
     python benchmarks/remasking.py --ckpt MASKGIT.ckpt --classifier CLASSIFIER.ckpt \
-        [--num-samples 2000] [--ratios 0.2 0.5] [--steps 4 8 16] [--split test]
+        [--num-samples 2000] [--ratios 0.2 0.5] [--steps 4 8 16] [--seeds 0 1 2] [--split test]
 
-Every row draws ``--num-samples`` images with the same seed and scores them against as many real images
-of ``--split``: pick ``--ratios`` on ``--split train`` (the first N training images) and report the
-chosen ones on ``--split test``. Re-masking (``remask=confidence``, ``remask_ratio=r``) returns the least
+Every row draws ``--num-samples`` images per seed (the same seeds for every row) and scores them against
+as many real images of ``--split`` (FID-LeNet, mean over seeds; at N = 2000 the seed alone moves it by a
+few points, so rows of one K are compared seed by seed). Pick ``--ratios`` on ``--split train`` (the first
+N training images) and report the chosen ones on ``--split test``. Re-masking (``remask=confidence``, ``remask_ratio=r``) returns the least
 confident revealed tokens to ``[MASK]`` at every step but the last, a share of at most ``r`` of them
 decaying to 0, to be predicted again; it costs no extra network call. ``remask_table`` runs the grid for
 another script (``benchmarks/samplers.py``); ``print_remasking`` prints its rows.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,12 +48,14 @@ def real_images(model: PriorModule, n: int, data_dir: str, split: str = "test") 
 
 def remask_table(model: PriorModule, extractor: LeNetFeatureExtractor | None, real: torch.Tensor | None,
                  steps: Sequence[int] = (4, 8, 16), ratios: Sequence[float] = (0.2, 0.5), num_samples: int = 2000,
-                 batch_size: int = 500, seed: int = 0, on_row=None) -> list[dict]:
-    """One row per (K, remask off or ratio): ``{"steps", "remask", "ratio", "fid", "seconds"}``.
+                 batch_size: int = 500, seeds: Sequence[int] = (0,), on_row=None) -> list[dict]:
+    """One row per (K, remask off or ratio): ``{"steps", "remask", "ratio", "fids", "fid", "seconds"}``.
 
-    Seconds are the wall time of ``draw_samples`` (sampling and decoding); ``fid`` is FID-LeNet against
-    ``real`` (None without ``extractor``). K above the model's sequence length is skipped. ``on_row`` (if
-    given) is called with each row as soon as it is measured.
+    Every configuration draws ``num_samples`` images for each of ``seeds`` (the same seeds for all, so
+    rows of one K are paired); ``fids`` holds FID-LeNet against ``real`` per seed (empty without
+    ``extractor``), ``fid`` their mean (None without) and ``seconds`` the mean wall time of
+    ``draw_samples`` (sampling and decoding). K above the model's sequence length is skipped. ``on_row``
+    (if given) is called with each row as soon as it is measured.
     """
     configs = [c for k in steps if k <= model.seq_len
                for c in [(k, "none", 0.0), *((k, "confidence", r) for r in ratios)]]
@@ -59,28 +63,36 @@ def remask_table(model: PriorModule, extractor: LeNetFeatureExtractor | None, re
     rows = []
     for k, remask, ratio in configs:
         options = {"num_inference_steps": k, "remask": remask, "remask_ratio": ratio}
-        t0 = now(model.device)
-        images, _, _ = draw_samples(model, num_samples, batch_size, seed, None, options, progress=False)
-        seconds = now(model.device) - t0
-        fid = None
-        if extractor is not None and real is not None:
-            fid = fid_kid(real, images, extractor, kid_subsets=10)["fid_lenet"]
-        rows.append({"steps": k, "remask": remask, "ratio": ratio, "fid": fid, "seconds": seconds})
+        fids, times = [], []
+        for seed in seeds:
+            t0 = now(model.device)
+            images, _, _ = draw_samples(model, num_samples, batch_size, seed, None, options, progress=False)
+            times.append(now(model.device) - t0)
+            if extractor is not None and real is not None:
+                fids.append(fid_kid(real, images, extractor, kid_subsets=10)["fid_lenet"])
+        rows.append({"steps": k, "remask": remask, "ratio": ratio, "fids": fids,
+                     "fid": statistics.fmean(fids) if fids else None, "seconds": statistics.fmean(times)})
         if on_row is not None:
             on_row(rows[-1])
     return rows
 
 
 def print_remasking(rows: list[dict], title: str) -> None:
-    """The table of ``remask_table``'s rows, each with its FID change against remask off at the same K."""
-    off = {r["steps"]: r["fid"] for r in rows if r["remask"] == "none"}
+    """The table of ``remask_table``'s rows; "vs off" is the mean per-seed FID change against remask off
+    at the same K, "better" the number of seeds where it is lower."""
+    off = {r["steps"]: r["fids"] for r in rows if r["remask"] == "none"}
     table = []
     for r in rows:
-        ref = off.get(r["steps"])
-        change = "-" if r["fid"] is None or ref is None or r["remask"] == "none" else f"{r['fid'] - ref:+.2f}"
-        table.append([r["steps"], r["remask"], f"{r['ratio']:g}", "n/a" if r["fid"] is None else f"{r['fid']:.2f}",
-                      change, f"{r['seconds']:.1f}"])
-    print_table(["K", "remask", "ratio", "FID-LeNet", "vs off", "seconds"], table, title=title)
+        ref, fids = off.get(r["steps"]), r["fids"]
+        change, better = "-", "-"
+        if fids and ref and r["remask"] != "none":
+            diffs = [a - b for a, b in zip(fids, ref, strict=True)]
+            change, better = f"{statistics.fmean(diffs):+.2f}", f"{sum(d < 0 for d in diffs)}/{len(diffs)}"
+        fid = "n/a" if r["fid"] is None else f"{r['fid']:.2f}"
+        if len(fids) > 1:
+            fid += f" ± {statistics.stdev(fids):.2f}"
+        table.append([r["steps"], r["remask"], f"{r['ratio']:g}", fid, change, better, f"{r['seconds']:.1f}"])
+    print_table(["K", "remask", "ratio", "FID-LeNet", "vs off", "better", "seconds"], table, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5], help="remask_ratio values")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="real images to score against: tune on train, report on test")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one draw of --num-samples per seed and configuration; FID is their mean")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -111,13 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     if extractor is None:
         print("no --classifier: FID-LeNet not computed")
     def progress(row: dict) -> None:
-        fid = "n/a" if row["fid"] is None else f"{row['fid']:.2f}"
+        fid = "n/a" if row["fid"] is None else " / ".join(f"{f:.2f}" for f in row["fids"])
         print(f"K={row['steps']} remask={row['remask']} ratio={row['ratio']:g}: FID-LeNet {fid}, "
               f"{row['seconds']:.1f} s", flush=True)
 
     rows = remask_table(model, extractor, real, args.steps, args.ratios, args.num_samples, args.batch_size,
-                        args.seed, on_row=progress)
-    print_remasking(rows, f"MaskGIT re-masking, {args.num_samples} samples (seed {args.seed}) vs the first "
+                        args.seeds, on_row=progress)
+    seeds = ", ".join(map(str, args.seeds))
+    print_remasking(rows, f"MaskGIT re-masking, {args.num_samples} samples (seeds {seeds}) vs the first "
                           f"{len(real) if real is not None else 0} {args.split} images")
     print(f"\nmachine: {machine()}  (torch threads: {torch.get_num_threads()}, device: {device})")
     return 0

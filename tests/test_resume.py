@@ -98,7 +98,10 @@ def test_epoch_boundary_resume_is_bit_exact_and_continues_wandb_run(compose_cfg,
     run_id = (cut / WANDB_ID_FILE).read_text().strip()
     assert len(wandb_dirs) == 2 and all(d.name.endswith(run_id) for d in wandb_dirs), wandb_dirs
     first, second = (logged_steps(d) for d in wandb_dirs)
-    assert (first[0], first[-1], second[0], second[-1]) == (0, 5, 6, 11), (first, second)
+    # W&B writes its offline log in batches: on a loaded machine the stopped process's last batch can
+    # be missing, so its rows must be steps 0..5 in order but may end early; the resumed one continues at 6
+    assert first == list(range(len(first))) and len(first) <= 6, (first, second)
+    assert (second[0], second[-1]) == (6, 11), (first, second)
 
 
 # -- subprocess: kill -9, then the very same command ---------------------------------------------------
