@@ -268,3 +268,30 @@ def test_ardm_mnist_fast_dev_run(compose_cfg, mnist_dir, shared_log_dir):
     assert float(metrics["test/nll"]) == pytest.approx(float(metrics["test/loss"]) * 49, rel=1e-4)
     assert float(metrics["test/bits_per_token"]) == pytest.approx(float(metrics["test/loss"]) / math.log(2),
                                                                   rel=1e-4)
+
+
+def test_evaluate_reports_the_bound_in_bits_per_token(tmp_path, trained_run, mnist_dir, monkeypatch):
+    from latentgen.evaluate import evaluate
+    from latentgen.utils.compose import compose_config
+
+    from .conftest import data_dir
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ckpt = trained_run("ardm_mnist") / "checkpoints" / "last.ckpt"
+    classifier = trained_run("classifier_mnist") / "checkpoints" / "last.ckpt"
+    cfg = compose_config([f"ckpt={ckpt}", f"classifier.ckpt_path={classifier}", "show_progress=false",
+                          "wandb.enabled=false", "num_samples=20", "batch_size=20", "nll.max_items=20",
+                          "metrics.kid_subsets=5", "sampling.num_inference_steps=7"], config_name="evaluate.yaml")
+    cfg.paths.output_dir, cfg.paths.log_dir, cfg.paths.data_dir = str(tmp_path / "out"), str(tmp_path), str(data_dir())
+    m = evaluate(cfg)["metrics"]
+    assert 0 < m["bits_per_token"] < 2 * math.log2(256)
+    assert m["nll_nats_per_grid"] == pytest.approx(m["bits_per_token"] * 49 * math.log(2))
+    # the seeded D-call bound over the first 20 test grids, recomputed by hand
+    from latentgen.metrics.eval_data import RealImages, resolve_data
+    from latentgen.stages.checkpoints import load_model
+
+    model = load_model(ckpt)
+    x, y = RealImages(resolve_data(model, ckpt, None), data_dir()).take("test", 20)
+    tokens = model._require_stage1().encode_to_indices(x)
+    bound = model.nll_bound(tokens, y, generator=torch.Generator().manual_seed(0))
+    assert m["nll_nats_per_grid"] == pytest.approx(float(bound.double().mean()), rel=1e-5)

@@ -72,7 +72,8 @@ def reference_maskgit(sampler: MaskGITSampler, logits_fn, batch_size, seq_len, l
 # -- the option off is the old sampler ---------------------------------------------------------------
 @pytest.mark.parametrize("steps", [1, 4, 16])
 @pytest.mark.parametrize(("temperature", "randomness", "scale"), [(1.0, 1.0, 1.0), (0.0, 0.0, 2.0), (0.7, 2.0, 0.0)])
-@pytest.mark.parametrize("remask", [{}, {"remask": "none", "remask_ratio": 0.5}, {"remask": "confidence"}])
+@pytest.mark.parametrize("remask", [{}, {"remask": "none", "remask_ratio": 0.5},
+                                    {"remask": "confidence", "remask_ratio": 0.01}])  # 0.01 re-masks nothing here
 def test_off_equals_the_old_sampler(steps, temperature, randomness, scale, remask):
     seq_len, batch = 16, 5
     labels = torch.tensor([0, 1, 2, 3, 0])
@@ -225,6 +226,14 @@ def test_bad_ratios_are_refused(ratio):
     if ratio is not None:  # None keeps the model's setting
         with pytest.raises(ValueError, match="remask_ratio"):
             model.sample_latents(2, remask="confidence", remask_ratio=ratio)
+
+
+def test_confidence_without_a_ratio_is_refused():
+    with pytest.raises(ValueError, match="remask_ratio=0 re-masks nothing: set remask_ratio in \\(0, 1\\]"):
+        MaskGITSampler(MASK_ID, 4, remask="confidence")
+    model = DiscreteDiffusionPrior(K, [4, 4], **TINY_NET)
+    with pytest.raises(ValueError, match="re-masks nothing"):
+        model.sample_latents(2, remask="confidence")
 
 
 def test_unknown_mode_and_the_uniform_process_are_refused():

@@ -44,6 +44,9 @@ def check_remask(remask: str, remask_ratio: float) -> tuple[str, float]:
     if not 0.0 <= ratio <= 1.0:  # also rejects NaN
         raise ValueError(f"remask_ratio={remask_ratio} must lie in [0, 1]: the largest share of the revealed "
                          "tokens returned to the mask in one step (0 re-masks nothing), e.g. 0.1")
+    if remask != "none" and ratio == 0.0:
+        raise ValueError(f"remask={remask!r} with remask_ratio=0 re-masks nothing: set remask_ratio in (0, 1], "
+                         "e.g. 0.2, or use remask=none")
     return remask, ratio
 
 
@@ -146,13 +149,18 @@ class MaskGITSampler:
     is normally final. With re-masking, step ``k`` also scores every token revealed at an earlier
     step by the model's log-probability of that token in this step's (guided) prediction, and returns
     the ``remask_counts(L)[k]`` lowest-scoring ones to ``[MASK]``: a share
-    ``sigma_k = remask_ratio * (1 - k / (K - 1))`` of the revealed tokens (rounded down), decaying
-    linearly to 0 so that the last step re-masks nothing. Re-masked tokens are predicted afresh, like
-    any masked token, from the next step on. To keep the schedule, the step reveals as many extra
-    masked tokens as it re-masks, so exactly ``masked_counts(L)[k]`` tokens are masked after step
-    ``k`` with or without re-masking, and none after the last. The re-masked share is capped so that
-    enough masked tokens are left to reveal. With ``remask="none"`` or ``remask_ratio=0`` the
-    sampler draws the same random numbers and returns the same tokens as without the option.
+    ``sigma_k = remask_ratio * (1 - k / (K - 1))`` of the revealed tokens, rounded down (so on 49
+    tokens ratios below about 0.15 re-mask nothing), decaying linearly to 0 so that the last step
+    re-masks nothing. The count is capped so that enough masked tokens are left to reveal.
+    Re-masked tokens are predicted afresh, like any masked token, from the next step on. To keep the
+    schedule, the step reveals as many extra masked tokens as it re-masks, so exactly
+    ``masked_counts(L)[k]`` tokens are masked after step ``k`` with or without re-masking, and none
+    after the last. The score comes from the same network call as the step's predictions (no extra
+    call); the network is trained on masked positions only, so how well its output at a visible
+    position ranks that token is a property of the checkpoint. ``remask="confidence"`` needs
+    ``remask_ratio > 0``. With ``remask="none"`` the sampler draws the
+    same random numbers and returns the same tokens as without the option (also when every count of
+    ``remask_counts`` is 0).
     """
 
     def __init__(
