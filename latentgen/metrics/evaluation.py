@@ -32,7 +32,7 @@ from latentgen.metrics.generative import (
 )
 from latentgen.metrics.registry import eval_spec
 from latentgen.models.prior_base import PriorModule
-from latentgen.models.vqvae import VQVAE
+from latentgen.models.stage1_base import Stage1Module
 from latentgen.sampling.from_checkpoint import draw_samples
 from latentgen.utils.pylogger import RankedLogger
 
@@ -107,36 +107,41 @@ class Evaluator:
         return self.sample_quality(self.real.take("train", self.n)[0])
 
     @torch.no_grad()
-    def reconstruct(self, vqvae: VQVAE, images: torch.Tensor) -> torch.Tensor:
-        device = next(vqvae.parameters()).device
-        out = [vqvae.decode(vqvae.quantize(vqvae.encode(x.to(device)))[0]).float().cpu()
+    def reconstruct(self, stage1: Stage1Module, images: torch.Tensor) -> torch.Tensor:
+        device = next(stage1.parameters()).device
+        out = [stage1.reconstruct(x.to(device)).float().cpu()
                for x in tqdm(images.split(self.batch_size), desc="reconstructing", disable=not self.progress)]
         return torch.cat(out)
 
-    def recon_ceiling(self, vqvae: VQVAE) -> dict[str, float]:
+    def recon_ceiling(self, stage1: Stage1Module) -> dict[str, float]:
         """Stage-1 reconstructions of test images N..2N against the reference."""
         if 2 * self.n > self.real.size("test"):
             raise ValueError(f"the reconstruction ceiling needs 2N test images (N for the reference, N to "
                              f"reconstruct): num_samples={self.n} is too large, use at most "
                              f"{self.real.size('test') // 2} for {self.real.source.dataset}")
-        return self.sample_quality(self.reconstruct(vqvae, self.real.take("test", self.n, offset=self.n)[0]))
+        return self.sample_quality(self.reconstruct(stage1, self.real.take("test", self.n, offset=self.n)[0]))
 
     @torch.no_grad()
-    def reconstruction_quality(self, vqvae: VQVAE, max_items: int | None) -> dict[str, float]:
-        """PSNR (dB, of the mean squared error) and SSIM of test reconstructions, and codebook use."""
+    def reconstruction_quality(self, stage1: Stage1Module, max_items: int | None) -> dict[str, float]:
+        """PSNR (dB, of the mean squared error) and SSIM of test reconstructions, and codebook use (a
+        discrete stage 1)."""
         n = min(max_items or self.real.size("test"), self.real.size("test"))
         x, _ = self.real.take("test", n)
-        device = next(vqvae.parameters()).device
+        device = next(stage1.parameters()).device
         psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
         ssim = StructuralSimilarityIndexMeasure(data_range=1.0).to(device)
-        counts = torch.zeros(vqvae.num_codes, dtype=torch.float64)
+        counts = torch.zeros(stage1.num_codes or 1, dtype=torch.float64)
         for chunk in tqdm(x.split(self.batch_size), desc="PSNR/SSIM", disable=not self.progress):
             chunk = chunk.to(device)
-            z_q, indices, _ = vqvae.quantize(vqvae.encode(chunk))
-            recon = vqvae.decode(z_q).float()
+            z = stage1.encode(chunk)
+            recon = stage1.decode_latents(z).float()
             psnr.update(recon, chunk)
             ssim.update(recon, chunk)
-            counts += torch.bincount(indices.reshape(-1).cpu(), minlength=vqvae.num_codes).double()
+            if stage1.discrete:
+                indices = stage1.quantize(z)[1]
+                counts += torch.bincount(indices.reshape(-1).cpu(), minlength=stage1.num_codes).double()
+        if not stage1.discrete:
+            return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute())}
         p = counts / counts.sum()
         perplexity = math.exp(float(-(p[p > 0] * p[p > 0].log()).sum()))
         return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()),

@@ -25,7 +25,7 @@ from latentgen.models.ardm import ARDMPrior
 from latentgen.models.autoregressive_priors import PixelCNNPrior, TransformerPrior
 from latentgen.models.discrete_diffusion import DiscreteDiffusionPrior
 from latentgen.models.latent_diffusion import LatentDiffusion
-from latentgen.models.vqvae import VQVAE
+from latentgen.models.stage1_base import Stage1Module
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ def eval_spec(model: nn.Module) -> EvalSpec:
                      "(or register an EvalSpec for it in latentgen.metrics.registry)")
 
 
-@register(VQVAE)
-def _vqvae(model: nn.Module) -> EvalSpec:
-    return EvalSpec("vqvae", "VQ-VAE (stage 1)", kind="stage1")
+@register(Stage1Module)
+def _stage1(model: nn.Module) -> EvalSpec:
+    return EvalSpec(type(model).__name__.lower(), f"{model.family_label} (stage 1)", kind="stage1")
 
 
 @register(PixelCNNPrior)

@@ -29,6 +29,8 @@ class ContinuousLatents:
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
     def attach_stage1(self, stage1, cache_dir: str | None = None) -> None:
+        if self.latent == "post":
+            stage1.require_discrete("model.latent=post (the codebook vectors)")
         super().attach_stage1(stage1, cache_dir)
         if cache_dir is not None:
             self.scale_factor.fill_(self.compute_scale_factor(cache_dir))
@@ -46,7 +48,9 @@ class ContinuousLatents:
         """Cached pre-quantisation latents -> the latents this model works on (unscaled)."""
         if self.latent == "pre":
             return z_pre
-        return self._require_stage1().quantize(z_pre.to(self.device))[0]
+        stage1 = self._require_stage1()
+        stage1.require_discrete("latent=post (the codebook vectors)")
+        return stage1.quantize(z_pre.to(self.device))[0]
 
     def scaled_latents(self, z_pre: torch.Tensor) -> torch.Tensor:
         """Cached latents -> the unit-variance latents the diffusion (and its classifier) see."""

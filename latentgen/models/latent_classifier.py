@@ -22,44 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentgen.diffusion.schedulers import make_scheduler
-from latentgen.models.base import LatentGenModule
 from latentgen.models.continuous_latents import ContinuousLatents
-from latentgen.models.vqvae import VQVAE
+from latentgen.models.stage1_base import FrozenStage1Module
 from latentgen.nets.checks import check_id_range, check_labels
 from latentgen.nets.latent_classifier import LatentClassifierNet
 
 HOW_TO_TRAIN = ("leave guidance_classifier.ckpt_path null to find or train a classifier for this LDM, or train "
                 "one yourself: python -m latentgen.train +experiment=latent_classifier_<dataset> "
                 "stage1.ckpt_path=<the LDM's stage-1 checkpoint>")
-
-
-class FrozenStage1Module(LatentGenModule):
-    """A stage-2 model that keeps its frozen stage 1 inside its checkpoint, rebuilt from ``stage1_hparams``."""
-
-    def __init__(self, stage1_hparams: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        self.stage1: VQVAE | None = None
-        if stage1_hparams is not None:
-            self.stage1 = VQVAE(**stage1_hparams).eval().requires_grad_(False)
-        self.cache_dir: str | None = None
-
-    def attach_stage1(self, stage1: VQVAE, cache_dir: str | None = None) -> None:
-        """Copy the resolved stage-1 weights in (strictly) and freeze them."""
-        self._require_stage1().load_state_dict(stage1.state_dict(), strict=True)
-        self.stage1.eval().requires_grad_(False)
-        self.cache_dir = cache_dir
-
-    def _require_stage1(self) -> VQVAE:
-        if self.stage1 is None:
-            raise RuntimeError(f"{type(self).__name__} was built without stage1_hparams: build it through the stage "
-                               "builder, or load it from a latentgen checkpoint")
-        return self.stage1
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.stage1 is not None:
-            self.stage1.eval()
-        return self
 
 
 def _stage1_name(info: dict[str, Any]) -> str:
@@ -96,7 +66,7 @@ class LatentClassifier(ContinuousLatents, FrozenStage1Module):
         optimizer: dict | None = None,
         scheduler: dict | None = None,
     ) -> None:
-        super().__init__(stage1_hparams)
+        super().__init__(stage1_hparams, stage1_info)
         self.save_hyperparameters()
         self.set_optim(optimizer, scheduler, {})
         if latent_channels is None or grid_shape is None:

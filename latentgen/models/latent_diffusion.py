@@ -160,6 +160,5 @@ class LatentDiffusion(ContinuousLatents, PriorModule):
         return z
 
     def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
-        """Latents -> images through stage 1's quantiser and decoder."""
-        stage1 = self._require_stage1()
-        return stage1.decode(stage1.quantize(samples)[0])
+        """Latents -> images through stage 1 (a VQ stage 1 quantises them first)."""
+        return self._require_stage1().decode_latents(samples)

@@ -1,6 +1,7 @@
 """Shared base of every stage-2 prior: the frozen stage 1 travels inside the prior's checkpoint.
 
-The prior keeps the stage-1 VQ-VAE as a frozen submodule rebuilt from ``stage1_hparams``, so
+The prior keeps its stage 1 as a frozen submodule rebuilt from ``stage1_hparams`` (and the class
+``stage1_info["class"]`` names), so
 ``Prior.load_from_checkpoint(path)`` alone can decode samples into images; ``stage1_info`` records the
 stage-1 checkpoint's path and SHA-256 for provenance.
 """
@@ -12,12 +13,11 @@ from typing import Any
 import torch
 
 from latentgen.diffusion.guidance import drop_labels
-from latentgen.models.base import LatentGenModule
-from latentgen.models.vqvae import VQVAE
+from latentgen.models.stage1_base import FrozenStage1Module
 from latentgen.nets.checks import check_labels
 
 
-class PriorModule(LatentGenModule):
+class PriorModule(FrozenStage1Module):
     """Subclasses implement ``sample_latents`` (tokens [B, h, w] or latents [B, C, h, w])."""
 
     def __init__(
@@ -28,35 +28,13 @@ class PriorModule(LatentGenModule):
         sample_every_n_epochs: int = 1,
         num_sample_images: int = 64,
     ) -> None:
-        super().__init__()
-        self.stage1: VQVAE | None = None
-        if stage1_hparams is not None:
-            self.stage1 = VQVAE(**stage1_hparams).eval().requires_grad_(False)
+        super().__init__(stage1_hparams, stage1_info)
         self.num_classes = num_classes
         self.sample_every_n_epochs = sample_every_n_epochs
         self.num_sample_images = num_sample_images
         self._val_batch: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    # -- stage 1 ----------------------------------------------------------------------------------
-    def attach_stage1(self, stage1: VQVAE, cache_dir: str | None = None) -> None:
-        """Copy the resolved stage-1 weights in (strictly) and freeze them."""
-        if self.stage1 is None:
-            raise RuntimeError("this prior was built without stage1_hparams; build it through the stage builder")
-        self.stage1.load_state_dict(stage1.state_dict(), strict=True)
-        self.stage1.eval().requires_grad_(False)
-        self.cache_dir = cache_dir
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.stage1 is not None:
-            self.stage1.eval()  # frozen stage 1 always in eval mode
-        return self
-
-    def _require_stage1(self) -> VQVAE:
-        if self.stage1 is None:
-            raise RuntimeError("no stage 1 attached: load the prior from a latentgen checkpoint")
-        return self.stage1
-
+    # -- stage 1 ---------------------------------------------------------------------------------
     def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
         """Token grids -> images through stage 1 (continuous priors override this)."""
         return self._require_stage1().decode_code(samples)

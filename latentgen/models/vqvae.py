@@ -6,14 +6,18 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from latentgen.models.base import LatentGenModule
+from latentgen.models.stage1_base import Stage1Module
 from latentgen.nets.vqvae import Decoder, Encoder
 from latentgen.quantize.vector_quantizer import VectorQuantizer, codebook_usage, usage_from_counts
 
 
-class VQVAE(LatentGenModule):
-    """VQ-VAE with an EMA codebook. Later stages call ``encode``, ``quantize``, ``decode`` and
-    ``decode_code``; ``encode`` gives the continuous pre-quantisation latents."""
+class VQVAE(Stage1Module):
+    """VQ-VAE with an EMA codebook: the discrete member of the stage-1 family
+    (:class:`~latentgen.models.stage1_base.Stage1Module`); ``encode`` gives the continuous
+    pre-quantisation latents, ``decode`` decodes (quantised) latents."""
+
+    discrete = True
+    family_label = "VQ-VAE"
 
     def __init__(
         self,
@@ -73,11 +77,7 @@ class VQVAE(LatentGenModule):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] in [0, 1] -> continuous pre-quantisation latents."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"VQ-VAE built for {self.in_channels}-channel images got a batch of shape "
-                f"{tuple(x.shape)}: set model.in_channels to the data's channels"
-            )
+        self.check_images(x)
         return self.encoder(x)
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -89,6 +89,10 @@ class VQVAE(LatentGenModule):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """(Quantised) latents -> images clamped to [0, 1]."""
         return self.decoder(z_q).clamp(0.0, 1.0)
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation latents (or a latent DDPM's samples in their space) -> images, through the codebook."""
+        return self.decode(self.quantize(z)[0])
 
     def decode_code(self, indices: torch.Tensor) -> torch.Tensor:
         """Token grids [B, h, w] -> images in [0, 1]."""

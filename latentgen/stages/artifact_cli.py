@@ -27,7 +27,7 @@ from latentgen.stages.stage1 import STAGE1, ArtifactKind, artifact_key, find_or_
 from latentgen.utils.compose import compose_config
 
 # the ``stage`` of a training config -> the artefact its model is stored as
-STAGE_ARTIFACTS = {"vqvae": STAGE1, "classifier": CLASSIFIER}
+STAGE_ARTIFACTS = {"vqvae": STAGE1, "vqgan": STAGE1, "fsq": STAGE1, "vae": STAGE1, "classifier": CLASSIFIER}
 
 
 def artifact_kind(cfg: DictConfig) -> ArtifactKind:

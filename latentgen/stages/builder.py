@@ -19,6 +19,8 @@ from latentgen.stages.stage1 import Stage1
 
 def check_prior_matches_stage1(model_cfg: DictConfig, stage1: Stage1, grid_shape: tuple[int, int]) -> dict:
     """Compare what the prior's config expects with the loaded stage 1; fill in what it leaves null."""
+    if "num_tokens" in model_cfg:
+        stage1.model.require_discrete(f"a token prior ({model_cfg.get('_target_')})")
     actual = {"num_tokens": stage1.model.num_codes, "grid_shape": list(grid_shape),
               "latent_channels": stage1.model.latent_dim}
     what = {"num_tokens": "codebook size", "grid_shape": "latent grid shape", "latent_channels": "latent channels"}

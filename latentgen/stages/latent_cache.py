@@ -42,10 +42,12 @@ def _encode_split(stage1: Stage1, datamodule: pl.LightningDataModule, split: str
     model = stage1.model.to(device).eval()
     loader = datamodule.dataloader(split, shuffle=False, batch_size=batch_size)
     n = len(loader.dataset) if max_items is None else min(max_items, len(loader.dataset))
-    h, w = model.latent_grid(datamodule.image_shape[1:])
-    token_dtype = np.int16 if model.num_codes <= np.iinfo(np.int16).max else np.int32
-    tokens = np.lib.format.open_memmap(out / f"{split}_tokens.npy", "w+", token_dtype, (n, h, w))
-    latents = np.lib.format.open_memmap(out / f"{split}_latents.npy", "w+", np.float32, (n, model.latent_dim, h, w))
+    grid = tuple(model.latent_grid(tuple(datamodule.image_shape[1:])))
+    tokens = None
+    if model.discrete:  # a continuous stage 1 (KL autoencoder) has latents only
+        token_dtype = np.int16 if model.num_codes <= np.iinfo(np.int16).max else np.int32
+        tokens = np.lib.format.open_memmap(out / f"{split}_tokens.npy", "w+", token_dtype, (n, *grid))
+    latents = np.lib.format.open_memmap(out / f"{split}_latents.npy", "w+", np.float32, (n, model.latent_dim, *grid))
     labels = np.lib.format.open_memmap(out / f"{split}_labels.npy", "w+", np.int64, (n,))
     i = 0
     for x, y in tqdm(loader, desc=f"encoding {split} latents", total=-(-n // batch_size), leave=False):
@@ -53,14 +55,15 @@ def _encode_split(stage1: Stage1, datamodule: pl.LightningDataModule, split: str
             break
         x, y = x[: n - i], y[: n - i]
         z = model.encode(x.to(device))
-        idx = model.quantize(z)[1]
         b = x.shape[0]
-        tokens[i : i + b] = idx.cpu().numpy().astype(token_dtype)
+        if tokens is not None:
+            tokens[i : i + b] = model.quantize(z)[1].cpu().numpy().astype(token_dtype)
         latents[i : i + b] = z.float().cpu().numpy()
         labels[i : i + b] = y.numpy()
         i += b
     for arr in (tokens, latents, labels):
-        arr.flush()
+        if arr is not None:
+            arr.flush()
     del tokens, latents, labels
     return n
 
@@ -86,7 +89,7 @@ def build_latent_cache(stage1: Stage1, data_cfg: DictConfig, artifact_dir: str |
         log.info(f"Latent cache {key} encoded ({counts})")
         return {
             "stage1": stage1.describe(), "counts": counts, "num_codes": model.num_codes,
-            "latent_dim": model.latent_dim, "grid_shape": list(model.latent_grid(datamodule.image_shape[1:])),
+            "latent_dim": model.latent_dim, "grid_shape": list(model.latent_grid(tuple(datamodule.image_shape[1:]))),
             "image_shape": list(datamodule.image_shape), "num_classes": datamodule.num_classes,
             "dataset": datamodule.name,
         }
@@ -100,5 +103,6 @@ def load_split(cache_dir: str | Path, split: str) -> dict[str, np.ndarray]:
     """Memory-mapped arrays of one split."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {SPLITS}")
-    d = Path(cache_dir)
-    return {f: np.load(d / f"{split}_{f}.npy", mmap_mode="r") for f in FIELDS}
+    d = Path(cache_dir)  # a continuous stage 1's cache has no tokens
+    return {f: np.load(d / f"{split}_{f}.npy", mmap_mode="r") for f in FIELDS if f != "tokens" or
+            (d / f"{split}_{f}.npy").exists()}

@@ -1,4 +1,5 @@
-"""Stage-1 hand-off: find, train (once) or load the frozen VQ-VAE a prior needs.
+"""Stage-1 hand-off: find, train (once) or load the frozen stage-1 model a prior needs (any member of the
+stage-1 family, :mod:`latentgen.models.stage1_base`).
 
 A prior's config has a ``stage1`` node::
 
@@ -23,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from latentgen.models.vqvae import VQVAE
+from latentgen.models.stage1_base import Stage1Module, build_stage1, stage1_class_name
 from latentgen.stages.artifacts import (
     TRAINING_FIXES,
     ArtifactCheckError,
@@ -52,7 +54,7 @@ KIND = STAGE1.kind
 class Stage1:
     """A loaded, frozen stage-1 model and where it came from."""
 
-    model: VQVAE
+    model: Stage1Module
     ckpt_path: Path
     sha256: str
     config_hash: str | None = None
@@ -66,6 +68,7 @@ class Stage1:
             # "target", not "_target_": Hydra would instantiate it when building the prior
             data = {"target": d["_target_"], "val_size": d.get("val_size"), "split_seed": d.get("split_seed")}
         return {"ckpt_path": str(self.ckpt_path), "sha256": self.sha256, "config_hash": self.config_hash,
+                "class": stage1_class_name(self.model),
                 "experiment": self.config.get("task_name") if self.config is not None else None, "data": data}
 
 
@@ -115,7 +118,7 @@ def compose_stage1(cfg: DictConfig) -> DictConfig:
 
 
 def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1:
-    """Load a VQ-VAE checkpoint strictly, frozen and in eval mode."""
+    """Load a stage-1 checkpoint (of the class it records) strictly, frozen and in eval mode."""
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -125,7 +128,7 @@ def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1
     ckpt = load_checkpoint(path, purpose="load stage 1")
     hparams = ckpt.get("hyper_parameters")
     if not hparams or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a latentgen VQ-VAE checkpoint (no hyper_parameters/state_dict)")
+        raise ValueError(f"{path} is not a latentgen stage-1 checkpoint (no hyper_parameters/state_dict)")
     bad = nonfinite_names(ckpt["state_dict"])
     if bad:
         raise ArtifactCheckError(
@@ -133,14 +136,14 @@ def load_stage1(ckpt_path: str | Path, config_hash: str | None = None) -> Stage1
             f"NaN/inf. Use another checkpoint, or retrain stage 1 ({TRAINING_FIXES})."
         )
     try:
-        model = VQVAE(**hparams)
-    except TypeError as e:
-        raise ValueError(f"{path} holds hyperparameters VQVAE does not accept ({e}): is it a stage-1 checkpoint?") from e
+        model = build_stage1(hparams, ckpt.get("latentgen_class"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
         raise ValueError(
-            f"stage-1 checkpoint {path} does not match the VQ-VAE its own hyperparameters describe (written "
+            f"stage-1 checkpoint {path} does not match the {model.family_label} its own hyperparameters describe (written "
             f"by another latentgen version?). Retrain it, or delete {path.parent} if it is a stored artefact.\n{e}"
         ) from e
     model.eval().requires_grad_(False)
@@ -208,6 +211,18 @@ def find_or_train(run_cfg: DictConfig, artifact_dir: str | Path, artifact: Artif
     return path, key
 
 
+def check_stage1_fits(cfg: DictConfig, cls: type, source: str) -> None:
+    """A clear error when ``cls`` (the stage 1 at ``source``) is no stage-1 model, or has no tokens for a
+    token prior; raised before anything is trained or encoded."""
+    if not (isinstance(cls, type) and issubclass(cls, Stage1Module)):
+        raise ValueError(f"{source} is a {getattr(cls, '__name__', cls)}, not a stage-1 model: set "
+                         "stage1.experiment to a stage-1 experiment (vqvae_<data>, vqgan_<data>, fsq_<data> or "
+                         "vae_<data>)")
+    if OmegaConf.select(cfg, "data.field") == "tokens" and not cls.discrete:
+        cls.require_discrete(f"the prior {cfg.get('task_name')} (models {cfg.model.get('_target_')}) "
+                                      f"on stage 1 {source}")
+
+
 def resolve_stage1(cfg: DictConfig) -> Stage1:
     """The frozen stage 1 for the prior described by ``cfg`` (training it first if needed)."""
     spec = cfg.stage1
@@ -216,14 +231,16 @@ def resolve_stage1(cfg: DictConfig) -> Stage1:
     if spec.get("ckpt_path"):
         log.info(f"Using the stage-1 checkpoint given in stage1.ckpt_path: {spec.ckpt_path}")
         stage1 = load_stage1(spec.ckpt_path)
+        check_stage1_fits(cfg, type(stage1.model), f"stage1.ckpt_path={spec.ckpt_path}")
         stage1.config = s1cfg
         return stage1
+    check_stage1_fits(cfg, hydra.utils.get_class(s1cfg.model._target_), f"stage1.experiment={spec.experiment}")
 
     def missing(key: str, folder: Path) -> str:
         how = store_instructions(overrides, cfg.paths.artifact_dir, bool(s1cfg.trainer.get("fast_dev_run")))
         return (f"No trained stage 1 matches this prior's stage1 config (hash {key}) under {folder}, and "
                 f"stage1.auto_train=false. {how}"
-                "Or point stage1.ckpt_path at an existing VQ-VAE checkpoint.")
+                "Or point stage1.ckpt_path at an existing stage-1 checkpoint.")
 
     path, key = find_or_train(s1cfg, cfg.paths.artifact_dir, STAGE1, spec.get("auto_train", True), missing, overrides)
     stage1 = load_stage1(path, config_hash=key)
