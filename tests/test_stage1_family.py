@@ -135,7 +135,7 @@ def test_continuous_latent_cache_has_latents_and_no_tokens(tmp_path, mnist_dir):
     assert not list(cache.glob("*_tokens.npy"))
     split = load_split(cache, "val")
     assert set(split) == {"latents", "labels"} and split["latents"].shape == (100, 2, 7, 7)
-    x = torch.from_numpy(np.asarray(split["latents"][:3]))
+    x = torch.from_numpy(np.array(split["latents"][:3]))
     assert x.abs().sum() > 0
 
 
